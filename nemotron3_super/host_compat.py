@@ -1,0 +1,83 @@
+"""Makes the host (Megatron-Bridge 0.6.x) importable on machines without Transformer Engine.
+
+``megatron/bridge/peft/lora_layers.py`` does an unguarded ``import transformer_engine.pytorch as te``
+and ``import megatron.bridge`` reaches it through AutoBridge, so conversion fails on every CPU box.
+When (and only when) TE cannot be found, :func:`ensure_host_importable` installs an import hook that
+compiles that one module with the import bound to an inert namespace. ``transformer_engine`` is NOT
+put into ``sys.modules``: megatron-core's ``HAVE_TE`` stays False and it keeps its local modules.
+TE-fused LoRA layers are then unusable (they never were without TE); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+_PATCHED_MODULE = "megatron.bridge.peft.lora_layers"
+_TE_IMPORT = "import transformer_engine.pytorch as te"
+
+
+def have_transformer_engine() -> bool:
+    """True when the TE PyTorch extension is installed (not necessarily usable without a GPU)."""
+    try:
+        return importlib.util.find_spec("transformer_engine") is not None and (
+            importlib.util.find_spec("transformer_engine.pytorch") is not None
+        )
+    except (ImportError, ValueError):
+        return False
+
+
+class _AbsentTE(type):
+    """``te.Anything`` is a fresh empty class: ``isinstance(x, te.Linear)`` is False, nothing more."""
+
+    def __getattr__(cls, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _AbsentTE(f"absent_te.{name}", (), {})
+
+
+ABSENT_TE = _AbsentTE("absent_transformer_engine_pytorch", (), {})
+
+
+class _LoraLayersLoader(importlib.abc.Loader):
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        with open(self.origin, encoding="utf-8") as fh:
+            source = fh.read()
+        if _TE_IMPORT not in source:  # host changed: import it unmodified and let it say what it needs
+            exec(compile(source, self.origin, "exec"), module.__dict__)
+            return
+        source = source.replace(_TE_IMPORT, "from nemotron3_super.host_compat import ABSENT_TE as te", 1)
+        exec(compile(source, self.origin, "exec"), module.__dict__)
+
+
+class _HostCompatFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path, target=None):  # noqa: ANN001 - importlib protocol
+        if name != _PATCHED_MODULE or have_transformer_engine():
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.origin is None:
+            return None
+        return importlib.util.spec_from_loader(name, _LoraLayersLoader(spec.origin), origin=spec.origin)
+
+
+def ensure_host_importable() -> None:
+    """Install the TE-absent import hook once (idempotent; a no-op when TE is installed)."""
+    if any(isinstance(f, _HostCompatFinder) for f in sys.meta_path):
+        return
+    if _PATCHED_MODULE in sys.modules:
+        return  # already imported (TE present, or someone else handled it)
+    if not have_transformer_engine():
+        logger.info("Transformer Engine not found: importing Megatron-Bridge with its TE-only LoRA layers inert")
+    sys.meta_path.insert(0, _HostCompatFinder())
