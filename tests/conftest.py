@@ -1,0 +1,75 @@
+"""Shared test fixtures: torch.distributed + megatron-core parallel state for model builds."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+import types
+
+import pytest
+
+
+def _absent_mamba1_extension() -> None:
+    """mamba-ssm built with MAMBA_SKIP_CUDA_BUILD lacks its compiled Mamba-1 module, which its
+    __init__ imports; megatron-core then silently treats mamba-ssm as absent. Super uses only the
+    Mamba-2 Triton kernels, so an inert stand-in is registered (the GPU payload ships the same shim)."""
+    if importlib.util.find_spec("mamba_ssm") is None or importlib.util.find_spec("selective_scan_cuda"):
+        return
+    stub = types.ModuleType("selective_scan_cuda")
+
+    def __getattr__(name: str):  # noqa: N807 - module-level __getattr__
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise RuntimeError(f"selective_scan_cuda.{name}: Mamba-1 CUDA extension not built (test stub)")
+
+    stub.__getattr__ = __getattr__
+    sys.modules["selective_scan_cuda"] = stub
+
+
+_absent_mamba1_extension()  # before any test imports megatron.core.ssm
+
+
+@pytest.fixture(scope="session")
+def process_group():
+    """torch.distributed for this process: torchrun's group, or a 1-rank gloo (CPU) / nccl (GPU) one."""
+    import torch
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        if "RANK" not in os.environ:  # plain pytest: a one-process group on a free local port
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    yield dist
+    if created:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def model_parallel(process_group):
+    """Call ``init(tp=1, ep=1, pp=1, seed=1234)`` to set up megatron-core's parallel state (and its
+    RNG); it is torn down after the test."""
+    import torch
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import random as mp_random
+
+    def init(tp: int = 1, ep: int = 1, pp: int = 1, seed: int = 1234) -> None:
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                                 expert_model_parallel_size=ep)
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            mp_random.model_parallel_cuda_manual_seed(seed)
+        else:  # no CUDA RNG to fork: megatron's inference tracker makes fork() a no-op (CPU draws)
+            mp_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+
+    yield init
+    parallel_state.destroy_model_parallel()
+    mp_random.initialize_rng_tracker(force_reset=True)
