@@ -26,3 +26,11 @@ def register_bridges(register) -> None:  # noqa: ANN001
     register("NemotronHForCausalLM", "nemotron3_super.bridge:SuperBridge", megatron_model=_HYBRID_MODEL,
              provider="nemotron3_super.provider:SuperModelProvider", model_type="nemotron_h",
              description="Nemotron-H family with Super's LatentMoE, FP32 router bias and MTP")
+
+
+@hookimpl
+def register_recipes(register) -> None:  # noqa: ANN001
+    from nemotron3_super.recipes import RECIPES  # a table of import paths; no torch, no megatron
+
+    for name, info in RECIPES.items():
+        register(name, info.target, mode=info.mode, description=info.description)

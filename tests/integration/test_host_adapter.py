@@ -88,6 +88,18 @@ def test_bridge_override_policies(mb, caplog: pytest.LogCaptureFixture) -> None:
     assert not [r for r in caplog.records if "replaces host bridge" in r.getMessage()]
 
 
+def test_our_recipes_by_name_in_host(mb) -> None:  # noqa: ANN001
+    import megatron.bridge.recipes as host_recipes
+
+    from nemotron3_super.recipes import factories
+
+    report = host.install_into_host(load_plugins(refresh=True))
+    assert set(report.recipes) == {"nemotron3_super_pretrain_config", "nemotron3_super_pretrain_nvfp4_config",
+                                   "nemotron3_super_sft_config", "nemotron3_super_lora_config"}
+    assert host_recipes.nemotron3_super_sft_config is factories.nemotron3_super_sft_config
+    assert callable(host_recipes.nemotron_3_super_pretrain_config)  # the host's own recipe is untouched
+
+
 def test_policy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(host.ENV_BRIDGE_POLICY, "host")
     assert host.resolve_bridge_policy() == "host"

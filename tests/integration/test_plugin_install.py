@@ -108,6 +108,7 @@ def test_listing_reports_ours_and_the_broken_ones(plugin_env: dict[str, Path]) -
     kinds = {(r["kind"], r["name"]) for r in ours["registrations"]}
     assert ("bridge", "NemotronHForCausalLM") in kinds
     assert ("model_provider", "nemotron3-super-120b-a12b") in kinds
+    assert ("recipe", "nemotron3_super_lora_config") in kinds
 
     broken = plugins["broken_plugin"]
     assert broken["distribution"] == "broken-plugin" and broken["version"] == "9.9.13"
