@@ -129,7 +129,7 @@ def _validated_arch(cfg: Any, *, strict: bool = True):
     """
     model = cfg.model
     try:
-        model._validate()  # SuperModelProvider: moves hybrid_override_pattern, checks num_layers + sharding
+        model.validate()  # SuperModelProvider: moves hybrid_override_pattern, checks num_layers + sharding
         return model.to_architecture()
     except ValueError as exc:
         error = exc

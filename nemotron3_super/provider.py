@@ -36,7 +36,8 @@ MTP_REPEATED_DEPTHS = 2  # Super trains its one MTP block at 2 depths (shared we
 ARCH_FIELDS: tuple[tuple[str, str], ...] = (
     ("hidden_size", "hidden_size"), ("hybrid_layer_pattern", "hybrid_override_pattern"),
     ("num_layers", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-    ("seq_length", "max_position_embeddings"), ("layernorm_epsilon", "layer_norm_epsilon"),
+    ("seq_length", "max_position_embeddings"), ("max_position_embeddings", "max_position_embeddings"),
+    ("layernorm_epsilon", "layer_norm_epsilon"),
     ("fp32_residual_connection", "residual_in_fp32"),
     ("share_embeddings_and_output_weights", "tie_word_embeddings"),
     ("num_attention_heads", "num_attention_heads"), ("num_query_groups", "num_key_value_heads"),
@@ -106,7 +107,10 @@ class SuperModelProvider(HybridModelProvider):
     hybrid_layer_pattern: str | None = field(default_factory=_super("hybrid_layer_pattern"))
     num_layers: int | None = field(default_factory=_super("num_layers"))  # 88, must match the pattern
     vocab_size: int | None = field(default_factory=_super("vocab_size"))  # 131072 tokens, unpadded
-    seq_length: int = field(default_factory=_super("seq_length"))  # 262144 max positions (recipes: 4096-8192)
+    seq_length: int = field(default_factory=_super("seq_length"))  # training length (recipes: 4096-8192 tokens)
+    # the model's context (262144 tokens in config.json); kept apart from seq_length so a recipe's training
+    # length never leaks into an exported config.json
+    max_position_embeddings: int = field(default_factory=_super("max_position_embeddings"))
     layernorm_epsilon: float = field(default_factory=_super("layernorm_epsilon"))  # 1e-5
     fp32_residual_connection: bool = field(default_factory=_super("fp32_residual_connection"))  # False
     num_attention_heads: int = field(default_factory=_super("num_attention_heads"))  # 32 query heads
@@ -214,6 +218,10 @@ class SuperModelProvider(HybridModelProvider):
             return SuperArchitecture(**values)
         except ValueError as exc:
             raise ValueError(f"SuperModelProvider: {exc}") from exc
+
+    def validate(self) -> SuperArchitecture:
+        """Check fields changed after construction (dotted overrides) before anything is built."""
+        return self._validate()
 
     def _validate(self) -> SuperArchitecture:
         if self.hybrid_override_pattern is not None:  # unlike the host: the HF spelling simply wins

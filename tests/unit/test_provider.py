@@ -213,3 +213,16 @@ def test_nvfp4_recipe_megatron_fields() -> None:
         precision_plan(super_120b_a12b(), "fp8")
     tiny = precision_plan(tiny_super(), NVFP4)  # 7-layer debug model: same 14/88 fraction -> 1 BF16 layer
     assert tiny.layer_precision == (NVFP4,) * 6 + (BF16,) and tiny.megatron_fields()["num_layers_at_end_in_bf16"] == 1
+
+
+def test_training_seq_length_does_not_leak_into_the_architecture() -> None:
+    """A recipe's training length (seq_length) must not become config.json's max_position_embeddings."""
+    from nemotron3_super.architecture import super_120b_a12b
+    from nemotron3_super.provider import super_120b_a12b_provider
+
+    provider = super_120b_a12b_provider(seq_length=4096)
+    assert provider.max_position_embeddings == 262144
+    assert provider.to_architecture() == super_120b_a12b()
+    provider.num_layers = 7
+    with pytest.raises(ValueError, match=r"has 88 layers but num_layers=7"):
+        provider.validate()
