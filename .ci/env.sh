@@ -81,7 +81,7 @@ setup() {
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
   step "upgrade pip" "${pip[@]}" install -q --upgrade pip
   step "install $TORCH" "${pip[@]}" install -q "$TORCH"
-  step "install nemotron3-super (editable, [test])" "${pip[@]}" install -q -e "$ROOT[test]"
+  step "install nemotron3-super (editable, [test,nemo-run])" "${pip[@]}" install -q -e "$ROOT[test,nemo-run]"
   step "install $HOST --no-deps" "${pip[@]}" install -q --no-deps "$HOST"
   step "install host imports: ${HOST_EXTRAS[*]}" "${pip[@]}" install -q "${HOST_EXTRAS[@]}"
   step "install ${SSM[*]} (pure Python, no CUDA build)" env MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \

@@ -244,17 +244,35 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 def main(mode: str, argv: list[str] | None = None) -> int:
     """CLI entry for ``mode`` "pretrain" or "finetune"; returns the exit status."""
     args = _parser(mode).parse_args(argv)
-    if args.dry_run:  # the host logs INFO lines (and tracebacks of optional imports) on import
+    if mode == "pretrain":
+        name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
+        kwargs = {"per_split_data_args_path": args.data_blend}
+    else:
+        name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
+        kwargs = {"squad_jsonl": args.squad_jsonl}
+    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus,
+                      gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+
+
+def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_run: bool = False,
+               gpus: int | None = None, gpu_memory_gib: float = 80.0, **recipe_kwargs: Any) -> int:
+    """Build recipe ``name`` (see RECIPES), apply dotted overrides, validate, then print the plan
+    (``dry_run``) or train on this rank. The one function every front end calls (CLI, NeMo-Run)."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=1)
+        raise KeyError(f"no recipe named {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                       + f" (recipes: {', '.join(RECIPES)})")
+    if dry_run:  # the host logs INFO lines (and tracebacks of optional imports) on import
         logging.disable(logging.WARNING)
     try:
-        name, cfg, layout, arch, warnings = _prepare(mode, args)
+        cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
     except (ValueError, ConfigKeyError, FileNotFoundError) as exc:  # LayoutError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         logging.disable(logging.NOTSET)
-    if args.dry_run:
-        print(report(name, cfg, layout, arch, warnings, args.gpu_memory_gib))
+    if dry_run:
+        print(report(name, cfg, layout, arch, warnings, gpu_memory_gib))
         return 0
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -262,37 +280,33 @@ def main(mode: str, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _prepare(mode: str, args: argparse.Namespace) -> tuple[str, Any, Any, Any, list[str]]:
+def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, dry_run: bool,
+             gpus: int | None) -> tuple[Any, Any, Any, list[str]]:
     """Recipe -> overrides -> validation; raises with every problem named."""
     from nemotron3_super import recipes
 
-    if mode == "pretrain":
-        name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
-        kwargs = {"per_split_data_args_path": args.data_blend}
-    else:
-        name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
-        kwargs = {"squad_jsonl": args.squad_jsonl}
-    cfg = getattr(recipes, name)(tokenizer_model=args.tokenizer, **kwargs)
+    mode = "pretrain" if RECIPES[name].mode == "pretrain" else "finetune"
+    cfg = getattr(recipes, name)(**recipe_kwargs)
     warmup = cfg.scheduler.lr_warmup_iters
-    apply_cli_overrides(cfg, args.overrides)
-    _follow_train_iters(cfg, args.overrides, warmup)
+    apply_cli_overrides(cfg, overrides)
+    _follow_train_iters(cfg, overrides, warmup)
     arch = _validated_arch(cfg, strict=False)
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; plain `python -m` is one process
     # a dry run plans for --gpus or the recipe's own GPU count; a launch runs on the real world size
-    gpus = (args.gpus or _recipe_gpus(name)) if args.dry_run else world
-    layout = layout_of(cfg, gpus)
-    problems = config_problems(cfg, mode, launching=not args.dry_run)
-    if not args.dry_run and args.gpus and args.gpus != world:
-        problems.append(f"--gpus {args.gpus} but torchrun started WORLD_SIZE={world} processes")
+    planned = (gpus or _recipe_gpus(name)) if dry_run else world
+    layout = layout_of(cfg, planned)
+    problems = config_problems(cfg, mode, launching=not dry_run)
+    if not dry_run and gpus and gpus != world:
+        problems.append(f"--gpus {gpus} but torchrun started WORLD_SIZE={world} processes")
     try:
         warnings = check_layout(layout, arch, pattern=cfg.model.hybrid_layer_pattern, precision=cfg.model.precision,
                                 allow_precision_fallback=cfg.model.allow_precision_fallback,
-                                check_hardware=not args.dry_run)
+                                check_hardware=not dry_run)
     except LayoutError as exc:
         raise LayoutError(exc.problems + problems) from None
     if problems:
         raise LayoutError(problems)
-    return name, cfg, layout, _validated_arch(cfg), warnings
+    return cfg, layout, _validated_arch(cfg), warnings
 
 
 def _recipe_gpus(name: str) -> int:
