@@ -83,6 +83,17 @@ def _blocks_to_pattern(field: str, blocks: Any) -> str:
     return "".join(_BLOCK_TO_SYMBOL[name] for name in blocks)
 
 
+def load_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing file or bad JSON raises an error naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def pattern_to_blocks(pattern: str) -> list[str]:
     """Pattern string -> ``layers_block_type`` list, in the names transformers 5.12 accepts."""
     _check_symbols("pattern", pattern)
@@ -308,12 +319,7 @@ class SuperArchitecture:
     def from_json_file(cls, path: str | Path) -> SuperArchitecture:
         """Read a config.json; every error names the file."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"Nemotron-H config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        data = load_json(path, "Nemotron-H config file")
         try:
             _require(isinstance(data, dict), f"expected a JSON object, got {type(data).__name__}")
             return cls.from_hf_config(data)

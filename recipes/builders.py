@@ -9,14 +9,13 @@ and tokenizer names are stored as strings and resolved only when training starts
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b
+from nemotron3_super.architecture import SuperArchitecture, load_json, super_120b_a12b
 from nemotron3_super.host_compat import ensure_host_importable
 from nemotron3_super.recipes.layout import Layout
 
@@ -101,12 +100,7 @@ def read_blend_json(path: str | Path) -> list[Any]:
     each a list of prefixes or of ``weight, prefix`` pairs (or one space-separated string).
     A missing or empty split means "no dataset for it". Local prefixes must have .bin and .idx."""
     path = Path(path)
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data blend JSON not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    spec = load_json(path, "data blend JSON")
     unknown = sorted(set(spec) - set(BLEND_SPLITS)) if isinstance(spec, dict) else None
     if unknown is None or unknown or not spec.get("train"):
         raise ValueError(f"{path}: expected an object with a non-empty 'train' list and optional "
