@@ -105,7 +105,7 @@ case "$cmd" in
   demo)
     setup
     echo "==> demo"
-    exec "$VENV/bin/nemotron3-super" plugins
+    exec "$VENV/bin/nemotron3-super" demo
     ;;
   test)
     setup

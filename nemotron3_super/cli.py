@@ -1,12 +1,14 @@
 """``nemotron3-super`` command line.
 
-Sub-commands import only what they need: ``plugins`` and ``recipes`` never import torch or megatron.
+Sub-commands import only what they need: ``plugins`` and ``recipes`` never import torch or megatron;
+the conversion commands (``convert``, ``roundtrip``, ``compare``, ``demo``) import them when run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -47,6 +49,93 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_host() -> None:
+    """The host and megatron-core log TE/apex fallbacks at import; conversion output should be the report."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the checkpoint writer's helper process too
+    logging.disable(logging.WARNING)  # the host resets its loggers to INFO at import; errors still show
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """HF folder <-> Megatron torch_dist checkpoint (single process, CPU is enough)."""
+    _quiet_host()
+    from nemotron3_super.conversion import commands
+
+    if args.direction == "import":
+        report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
+                                            spec_impl=args.spec, tp=args.tp, ep=args.ep)
+    else:
+        report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
+                                            overwrite=args.overwrite, tp=args.tp, ep=args.ep)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(report.render(f"convert {args.direction}"))
+    return 0
+
+
+def cmd_roundtrip(args: argparse.Namespace) -> int:
+    """HF -> Megatron -> HF, then every tensor compared bit-exactly; exit 1 on any difference."""
+    _quiet_host()
+    from nemotron3_super.conversion.commands import roundtrip
+
+    report, steps = roundtrip(args.hf_model, args.megatron_load_path)
+    for step in steps:
+        print(step.render("step"))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Forward-pass comparison HF vs Megatron (needs a GPU)."""
+    _quiet_host()
+    from nemotron3_super.conversion.compare import compare
+
+    report = compare(args.hf_model_path, args.megatron_model_path, args.prompt, args.dtype)
+    print(report.render())
+    return 0 if report.rel_l2 <= args.max_rel_l2 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Tiny Super: build with transformers, import, export, audit (and compare on a GPU)."""
+    _quiet_host()
+    from nemotron3_super.conversion.demo import run_demo
+
+    return run_demo(args.work_dir)
+
+
+def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
+    convert = sub.add_parser("convert", help="convert between an HF folder and a Megatron checkpoint")
+    conv_sub = convert.add_subparsers(dest="direction", required=True)
+    imp = conv_sub.add_parser("import", help="HF folder -> Megatron torch_dist checkpoint")
+    exp = conv_sub.add_parser("export", help="Megatron checkpoint -> HF folder")
+    for p in (imp, exp):
+        p.add_argument("--hf-model", required=True, help="HF folder (export: config and reference dtypes)")
+        p.add_argument("--megatron-path", required=True, help="Megatron checkpoint folder")
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
+        p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
+        p.set_defaults(func=cmd_convert)
+    imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
+                     help="layer spec of the Megatron model (parameter names differ)")
+    exp.add_argument("--hf-path", required=True, help="output HF folder")
+    rt = sub.add_parser("roundtrip", help="HF -> Megatron -> HF and a bit-exact audit of every tensor")
+    rt.add_argument("--hf-model", required=True)
+    rt.add_argument("--megatron-load-path", default=None, help="export this checkpoint instead of importing")
+    rt.set_defaults(func=cmd_roundtrip)
+    cmp_ = sub.add_parser("compare", help="HF vs Megatron forward pass (needs a CUDA GPU)")
+    cmp_.add_argument("--hf-model-path", required=True)
+    cmp_.add_argument("--megatron-model-path", required=True)
+    cmp_.add_argument("--prompt", default="Hello who are ")
+    cmp_.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    cmp_.add_argument("--max-rel-l2", type=float, default=1e-4, help="exit 1 above this logits rel-L2")
+    cmp_.set_defaults(func=cmd_compare)
+    demo = sub.add_parser("demo", help="tiny Super on CPU: build, import, export, bit-exact audit")
+    demo.add_argument("--work-dir", default=None, help="where to keep the files (default: a new temp dir)")
+    demo.set_defaults(func=cmd_demo)
+
+
 def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -66,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--strict", action="store_true", help="fail on the first plugin that does not load")
         p.set_defaults(func=func)
+    _add_conversion_commands(sub)
     return parser
 
 

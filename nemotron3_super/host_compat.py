@@ -15,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import sys
+import types
 from types import ModuleType
 
 logger = logging.getLogger(__name__)
@@ -81,3 +82,24 @@ def ensure_host_importable() -> None:
     if not have_transformer_engine():
         logger.info("Transformer Engine not found: importing Megatron-Bridge with its TE-only LoRA layers inert")
     sys.meta_path.insert(0, _HostCompatFinder())
+
+
+def ensure_mamba_ssm_importable() -> None:
+    """mamba-ssm built with MAMBA_SKIP_CUDA_BUILD lacks its compiled Mamba-1 module ``selective_scan_cuda``,
+    which its ``__init__`` imports; megatron-core then treats mamba-ssm as absent and refuses to build
+    MambaMixer. Nemotron-H uses only the Mamba-2 (Triton) kernels, so an inert module that raises on any
+    use is registered, only when mamba-ssm is installed and the real extension is not (idempotent)."""
+    if "selective_scan_cuda" in sys.modules or importlib.util.find_spec("mamba_ssm") is None:
+        return
+    if importlib.util.find_spec("selective_scan_cuda") is not None:
+        return
+    stub = types.ModuleType("selective_scan_cuda")
+
+    def __getattr__(name: str):  # noqa: N807 - module-level __getattr__
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise RuntimeError(f"selective_scan_cuda.{name}: the Mamba-1 CUDA extension is not built "
+                           "(Nemotron-H uses Mamba-2 only)")
+
+    stub.__getattr__ = __getattr__
+    sys.modules["selective_scan_cuda"] = stub

@@ -64,6 +64,7 @@ class PrecisionFallbackWarning(UserWarning):
 def _arch_kwargs(arch: SuperArchitecture) -> dict[str, Any]:
     out = {pf: getattr(arch, af) for pf, af in ARCH_FIELDS if getattr(arch, af) is not None}
     out["num_layers"] = arch.num_hidden_layers
+    out["moe_latent_size"] = arch.moe_latent_size  # None (no latent MoE, Nano) must not keep Super's 1024
     n_mtp = arch.num_nextn_predict_layers
     out["mtp_hybrid_override_pattern"] = arch.mtp_hybrid_override_pattern or None
     out["mtp_use_repeated_layer"] = n_mtp == 1  # one released block, repeated

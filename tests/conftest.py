@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
-import types
 
 import pytest
 
+from nemotron3_super.host_compat import ensure_mamba_ssm_importable
 
-def _absent_mamba1_extension() -> None:
-    """mamba-ssm built with MAMBA_SKIP_CUDA_BUILD lacks its compiled Mamba-1 module, which its
-    __init__ imports; megatron-core then silently treats mamba-ssm as absent. Super uses only the
-    Mamba-2 Triton kernels, so an inert stand-in is registered (the GPU payload ships the same shim)."""
-    if importlib.util.find_spec("mamba_ssm") is None or importlib.util.find_spec("selective_scan_cuda"):
-        return
-    stub = types.ModuleType("selective_scan_cuda")
-
-    def __getattr__(name: str):  # noqa: N807 - module-level __getattr__
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise RuntimeError(f"selective_scan_cuda.{name}: Mamba-1 CUDA extension not built (test stub)")
-
-    stub.__getattr__ = __getattr__
-    sys.modules["selective_scan_cuda"] = stub
-
-
-_absent_mamba1_extension()  # before any test imports megatron.core.ssm
+ensure_mamba_ssm_importable()  # before any test imports megatron.core.ssm
 
 
 @pytest.fixture(scope="session")

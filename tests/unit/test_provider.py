@@ -226,3 +226,11 @@ def test_training_seq_length_does_not_leak_into_the_architecture() -> None:
     provider.num_layers = 7
     with pytest.raises(ValueError, match=r"has 88 layers but num_layers=7"):
         provider.validate()
+
+
+def test_nano_provider_has_no_latent_moe() -> None:
+    """Nano's config has no moe_latent_size: the provider must not keep Super's default of 1024."""
+    from nemotron3_super.provider import nano_30b_a3b_provider
+
+    provider = nano_30b_a3b_provider()
+    assert provider.moe_latent_size is None and provider.hidden_size == 2688

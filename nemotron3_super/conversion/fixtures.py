@@ -1,0 +1,73 @@
+"""Tiny HF checkpoints that stand for released ones (tests, demo, benchmark).
+
+transformers 5.12 builds and saves the model, then the folder is made to look like a release:
+``backbone.embeddings`` (it writes ``embedding``), the MTP block added (it writes no ``mtp.*``; names and
+shapes from :meth:`SuperArchitecture.hf_tensors`), router correction biases kept FP32 (it casts them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from nemotron3_super.architecture import SuperArchitecture, nano_30b_a3b, tiny_super
+from nemotron3_super.conversion.hf_io import FP32_SUFFIX, HF_NAME_ALIASES, portable_config
+
+
+def tiny_nano() -> SuperArchitecture:
+    """Nano-shaped (no latent MoE, no MTP) tiny variant: 1 attention, 2 Mamba, 2 MoE layers."""
+    return dataclasses.replace(
+        nano_30b_a3b(), hidden_size=96, hybrid_override_pattern="ME*EM", vocab_size=192,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, mamba_num_heads=6, mamba_head_dim=16,
+        ssm_state_size=16, n_groups=2, n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=48,
+        moe_shared_expert_intermediate_size=96, intermediate_size=64)
+
+
+def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype: torch.dtype = torch.bfloat16,
+                          seed: int = 0, fp32_router_weight: bool = False) -> Path:
+    """Build ``arch`` with transformers (random init), save it released-style into ``folder``."""
+    from safetensors.torch import load_file, save_file
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    name = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[dtype]
+    config = NemotronHConfig(**portable_config(arch, {"torch_dtype": name}))
+    model = NemotronHForCausalLM(config)
+    with torch.no_grad():  # transformers zero-inits the correction bias; make it non-trivial and FP32-precise
+        for n, buf in model.named_buffers():
+            if n.endswith("e_score_correction_bias"):
+                buf.copy_(torch.randn(buf.shape, generator=torch.Generator().manual_seed(seed)) * 1e-3)
+    fp32 = {n: t.detach().clone().float() for n, t in model.state_dict().items() if n.endswith(FP32_SUFFIX)}
+    model.to(dtype).save_pretrained(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors.update(load_file(str(file)))
+        file.unlink()
+    (folder / "model.safetensors.index.json").unlink(missing_ok=True)
+    tensors = {HF_NAME_ALIASES.get(n, n): t for n, t in tensors.items()}
+    for n in list(tensors):
+        if n.endswith(FP32_SUFFIX):  # the FP32 values, not transformers' rounded copy
+            tensors[n] = fp32.get("model." + n.removeprefix("backbone."), tensors[n].float())
+        if fp32_router_weight and n.endswith("mixer.gate.weight"):
+            tensors[n] = (tensors[n].float() + torch.randn(tensors[n].shape) * 1e-6)  # FP32-only bits (as Nano)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for n, shape in arch.hf_tensors():  # the MTP block transformers does not write
+        if n.startswith("mtp."):
+            t = torch.randn(shape, generator=gen) * 0.02
+            if n.endswith("norm.weight") or n.endswith(("enorm.weight", "hnorm.weight")):
+                t = 1 + t
+            tensors[n] = t.float() if n.endswith(FP32_SUFFIX) else t.to(dtype)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config_dict = portable_config(arch, json.loads((folder / "config.json").read_text()))
+    (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+PRESETS = {"tiny_super": tiny_super, "tiny_nano": tiny_nano}

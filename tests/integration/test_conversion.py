@@ -1,0 +1,222 @@
+"""HF <-> Megatron conversion on CPU: bit-exact round trips, transformers reload, host reload, bad input.
+
+Fixtures stand for released checkpoints (transformers-built, then ``backbone.embeddings``, MTP tensors and
+FP32 router biases as on disk). Two shapes: tiny Super (latent MoE + MTP) and tiny Nano (neither, FP32
+router weights as Nano ships them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None,
+                       reason="mamba-ssm not installed (megatron-core's MambaMixer needs it to build)"),
+]
+SHAPES = ("tiny_super", "tiny_nano")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """Per shape: the original HF folder, the Megatron checkpoint from `convert import`, the export."""
+    from nemotron3_super.conversion.commands import export_checkpoint, import_checkpoint
+    from nemotron3_super.conversion.fixtures import PRESETS, write_tiny_checkpoint
+
+    out = {}
+    for shape in SHAPES:
+        root = tmp_path_factory.mktemp(shape)
+        hf = write_tiny_checkpoint(PRESETS[shape](), root / "hf", fp32_router_weight=shape == "tiny_nano")
+        import_checkpoint(hf, root / "megatron")
+        export_checkpoint(hf, root / "megatron", root / "exported")
+        out[shape] = {"hf": hf, "megatron": root / "megatron", "exported": root / "exported"}
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_round_trip_is_bit_exact(converted, shape: str) -> None:
+    from nemotron3_super.conversion.audit import audit
+    from nemotron3_super.conversion.fixtures import PRESETS
+
+    report = audit(converted[shape]["hf"], converted[shape]["exported"])
+    print(report.render())
+    arch = PRESETS[shape]()
+    assert report.ok, report.render()
+    assert report.tensors == arch.hf_tensor_count()
+    assert report.mtp_tensors == sum(1 for n in arch.hf_tensor_names() if n.startswith("mtp."))
+    assert (report.mtp_tensors > 0) == (shape == "tiny_super")
+    assert len(report.fp32_tensors) == 4  # super: 3 backbone + 1 MTP biases; nano: 2 biases + 2 gate weights
+
+
+def test_fixture_biases_carry_fp32_only_bits(converted) -> None:
+    from nemotron3_super.conversion.hf_io import HFCheckpoint
+
+    ckpt = HFCheckpoint(converted["tiny_super"]["exported"])
+    bias = ckpt.get("mtp.layers.1.mixer.gate.e_score_correction_bias")
+    assert bias.dtype == torch.float32 and not torch.equal(bias.to(torch.bfloat16).float(), bias)
+    bias = ckpt.get("backbone.layers.1.mixer.gate.e_score_correction_bias")
+    assert bias.dtype == torch.float32 and not torch.equal(bias.to(torch.bfloat16).float(), bias)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_export_loads_in_transformers_with_identical_logits(converted, shape: str) -> None:
+    from transformers import AutoModelForCausalLM, NemotronHForCausalLM
+
+    from nemotron3_super.conversion.fixtures import PRESETS
+
+    paths = converted[shape]
+    config = json.loads((paths["exported"] / "config.json").read_text())
+    assert config["architectures"] == ["NemotronHForCausalLM"]
+    assert config["hybrid_override_pattern"] == PRESETS[shape]().hybrid_override_pattern
+    assert config.get("mtp_hybrid_override_pattern") == ("*E" if shape == "tiny_super" else None)
+    assert "layers_block_type" not in config  # its block names differ between transformers 5.12 and 5.17
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4]])
+    logits = []
+    for loader, folder in ((NemotronHForCausalLM, paths["hf"]), (AutoModelForCausalLM, paths["exported"])):
+        model = loader.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+    assert torch.isfinite(logits[0]).all() and torch.equal(logits[0], logits[1])
+
+
+def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
+    """dist_checkpointing.load straight into a freshly built provider model (no code of ours on the path)."""
+    from megatron.core import dist_checkpointing
+
+    from nemotron3_super.conversion.hf_io import HFCheckpoint
+    from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+
+    paths = converted["tiny_super"]
+    hf = HFCheckpoint(paths["hf"])
+    with single_process_group():
+        model = build_model(hf.arch, torch.bfloat16)
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(paths["megatron"] / "iter_0000000"))
+        model.load_state_dict(state["model"], strict=False)
+    params = dict(model.state_dict())
+    assert torch.equal(params["embedding.word_embeddings.weight"], hf.get("backbone.embeddings.weight"))
+    assert torch.equal(params["mtp.layers.0.eh_proj.weight"], hf.get("mtp.layers.0.eh_proj.weight"))
+    bias = params["mtp.layers.0.mtp_model_layer.layers.1.mlp.router.expert_bias"]
+    assert bias.dtype == torch.float32 and torch.equal(bias, hf.get("mtp.layers.1.mixer.gate.e_score_correction_bias"))
+    assert torch.equal(params["decoder.layers.1.mlp.experts.local_experts.7.linear_fc2.weight"],
+                       hf.get("backbone.layers.1.mixer.experts.7.down_proj.weight"))
+    assert (Path(paths["megatron"]) / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
+
+
+def test_cli_roundtrip_from_existing_checkpoint(converted, capsys: pytest.CaptureFixture) -> None:
+    from nemotron3_super.cli import main
+
+    paths = converted["tiny_super"]
+    assert main(["roundtrip", "--hf-model", str(paths["hf"]), "--megatron-load-path", str(paths["megatron"])]) == 0
+    out = capsys.readouterr().out
+    assert "IDENTICAL (every tensor bit-exact)" in out and "MTP tensors: 32" in out
+
+
+def test_cli_export_refuses_non_empty_output(converted, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from nemotron3_super.cli import main
+
+    paths, target = converted["tiny_super"], tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    args = ["convert", "export", "--hf-model", str(paths["hf"]), "--megatron-path", str(paths["megatron"]),
+            "--hf-path", str(target)]
+    assert main(args) == 2
+    assert "exists and is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "keep.txt").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+
+
+def _broken(src: Path, dst: Path, how: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    config = json.loads((dst / "config.json").read_text())
+    if how == "missing":
+        del tensors["mtp.layers.0.eh_proj.weight"]
+    elif how == "extra":
+        tensors["backbone.layers.9.mixer.A_log"] = torch.zeros(8)
+    elif how == "shape":
+        tensors["backbone.layers.0.mixer.in_proj.weight"] = torch.zeros(300, 128, dtype=torch.bfloat16)
+    elif how == "fp8":
+        tensors["backbone.layers.0.mixer.in_proj.weight"] = torch.zeros(328, 128, dtype=torch.float8_e4m3fn)
+        tensors["backbone.layers.0.mixer.in_proj.weight_scale_inv"] = torch.ones(3, 1)
+    elif how == "architecture":
+        config["architectures"] = ["NemotronForCausalLM"]
+    elif how == "nvfp4":
+        config["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4"}
+    save_file(tensors, str(dst / "model.safetensors"))
+    (dst / "config.json").write_text(json.dumps(config))
+    if how == "truncated":
+        data = (dst / "model.safetensors").read_bytes()
+        (dst / "model.safetensors").write_bytes(data[:-4096])
+    return dst
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("missing", r"missing tensor 'mtp.layers.0.eh_proj.weight' \(expected shape \[128, 256\]\)"),
+    ("extra", r"unexpected tensor 'backbone.layers.9.mixer.A_log'"),
+    ("shape", r"'backbone.layers.0.mixer.in_proj.weight' in model.safetensors has shape \[300, 128\], "
+              r"expected \[328, 128\]"),
+    ("truncated", r"model.safetensors: truncated safetensors file"),
+    ("fp8", r"in_proj.weight' is F8_E4M3\[328, 128\]: a quantized \(NVFP4/FP8\) checkpoint"),
+    ("architecture", r"config.json: architectures=\['NemotronForCausalLM'\], expected \['NemotronHForCausalLM'\]"),
+    ("nvfp4", r"quantization_config \(NVFP4\) present: quantized checkpoints are refused"),
+])
+def test_bad_input_is_named_and_leaves_no_output(converted, tmp_path: Path, how: str, needle: str) -> None:
+    from nemotron3_super.conversion.commands import import_checkpoint
+    from nemotron3_super.conversion.hf_io import CheckpointError
+
+    bad = _broken(converted["tiny_super"]["hf"], tmp_path / f"bad-{how}", how)
+    out_parent = tmp_path / "outputs"
+    out_parent.mkdir()
+    with pytest.raises(CheckpointError, match=needle):
+        import_checkpoint(bad, out_parent / "megatron")
+    assert list(out_parent.iterdir()) == []  # neither the output nor a partial temp folder
+
+
+def test_failure_after_start_leaves_no_partial_output(converted, tmp_path: Path) -> None:
+    """A problem found only while converting (here: an export reference of another architecture)."""
+    from nemotron3_super.conversion.commands import export_checkpoint
+    from nemotron3_super.conversion.hf_io import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"imported from a different architecture"):
+        export_checkpoint(converted["tiny_nano"]["hf"], converted["tiny_super"]["megatron"], tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_released_super_mapping_pairs_every_tensor_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At real scale on the meta device: 42,683 HF tensors, each paired with exactly one Megatron tensor
+    and back, and every HF->Megatron transform yields the Megatron shape."""
+    from nemotron3_super.architecture import super_120b_a12b
+    from nemotron3_super.conversion.mapping import check_coverage, check_shapes, megatron_tensors, plan
+    from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+
+    arch = super_120b_a12b()
+    with single_process_group(), torch.device("meta"):
+        model = build_model(arch, torch.bfloat16)
+    tensors = megatron_tensors(model)
+    pairs = plan(tensors, arch)
+    hf_shapes = dict(arch.hf_tensors())
+    check_coverage(pairs, hf_shapes, "released Super config")
+    hf_names = [h for p in pairs for h in p.hf]
+    assert len(hf_names) == len(set(hf_names)) == len(hf_shapes) == 42_683
+    assert len(pairs) == len(tensors)  # every Megatron tensor has exactly one pair
+    check_shapes(pairs, tensors, model, hf_shapes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_compare_without_gpu_says_why(converted, capsys: pytest.CaptureFixture) -> None:
+    from nemotron3_super.cli import main
+
+    paths = converted["tiny_super"]
+    assert main(["compare", "--hf-model-path", str(paths["hf"]), "--megatron-model-path",
+                 str(paths["megatron"]), "--prompt", "Hello who are "]) == 2
+    err = capsys.readouterr().err
+    assert "compare needs a CUDA GPU" in err and "Triton kernel with no CPU fallback" in err
