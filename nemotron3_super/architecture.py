@@ -327,25 +327,26 @@ class SuperArchitecture:
             raise ValueError(f"{path}: {exc}") from exc
 
     def to_hf_config_dict(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """config.json keys, with both pattern spellings (transformers 4 remote code and 5).
+        """config.json keys that load in every transformers 5.x NemotronH.
 
-        ``extra`` carries non-architecture keys (token ids, dtype, ...); architecture keys win.
+        The layer and MTP patterns are written as strings (``hybrid_override_pattern`` /
+        ``mtp_hybrid_override_pattern``), which each version turns into its own block-type list; the
+        lists are left out (also from ``extra``): transformers 5.12 accepts only "mamba"/"attention"
+        there and 5.17 only "linear_attention"/"full_attention". ``extra`` carries non-architecture
+        keys (token ids, dtype, ...); architecture keys win.
         """
-        out: dict[str, Any] = dict(extra or {})
+        stale = ("layers_block_type", "mtp_layers_block_type", "mtp_hybrid_override_pattern")
+        out: dict[str, Any] = {k: v for k, v in (extra or {}).items() if k not in stale}
         out.update(architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
-                   num_hidden_layers=self.num_hidden_layers,
-                   layers_block_type=pattern_to_blocks(self.hybrid_override_pattern))
+                   num_hidden_layers=self.num_hidden_layers)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if value is not None or (field.name == "moe_latent_size" and "E" in self.layer_kinds):
                 out[field.name] = value
         if self.use_bias is not None:
             out["mamba_proj_bias"] = self.use_bias
-        if self.num_nextn_predict_layers:
-            out["mtp_layers_block_type"] = pattern_to_blocks(self.mtp_hybrid_override_pattern)
-        else:
+        if not self.num_nextn_predict_layers:
             out.pop("mtp_hybrid_override_pattern", None)
-            out.pop("mtp_layers_block_type", None)
         return out
 
     # ------------------------------------------------------------------ parameters

@@ -171,7 +171,7 @@ class SuperBridge(MegatronModelBridge):
 
     @classmethod
     def megatron_to_hf_config(cls, provider: SuperModelProvider) -> dict:
-        """config.json with both pattern spellings and the MTP pattern (loads in transformers natively)."""
+        """config.json with the layer and MTP patterns (loads in transformers natively)."""
         return provider.to_architecture().to_hf_config_dict()
 
     @classmethod

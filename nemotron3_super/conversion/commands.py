@@ -24,7 +24,7 @@ import torch.distributed as dist
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
-                                              ShardedWriter, portable_config)
+                                              ShardedWriter)
 from nemotron3_super.conversion.mapping import check_coverage, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
                                                     parallel_group, read_meta, save_checkpoint, shared_temp_dir)
@@ -176,7 +176,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
                 if extra.is_file() and extra.suffix in _COPY_SUFFIXES and extra.name not in (
                         "config.json", "model.safetensors.index.json"):
                     shutil.copy2(extra, out / extra.name)
-            (out / "config.json").write_text(json.dumps(portable_config(ref.arch, ref.config), indent=2) + "\n")
+            (out / "config.json").write_text(json.dumps(ref.arch.to_hf_config_dict(ref.config), indent=2) + "\n")
     report.seconds = time.perf_counter() - start
     return report
 

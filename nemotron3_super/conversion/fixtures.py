@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nemotron3_super.architecture import SuperArchitecture, nano_30b_a3b, tiny_super
-from nemotron3_super.conversion.hf_io import FP32_SUFFIX, HF_NAME_ALIASES, portable_config
+from nemotron3_super.conversion.hf_io import FP32_SUFFIX, HF_NAME_ALIASES
 
 
 def tiny_nano() -> SuperArchitecture:
@@ -37,7 +37,7 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
     folder = Path(folder)
     torch.manual_seed(seed)
     name = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[dtype]
-    config = NemotronHConfig(**portable_config(arch, {"torch_dtype": name}))
+    config = NemotronHConfig(**arch.to_hf_config_dict({"torch_dtype": name}))
     model = NemotronHForCausalLM(config)
     with torch.no_grad():  # transformers zero-inits the correction bias; make it non-trivial and FP32-precise
         for n, buf in model.named_buffers():
@@ -65,7 +65,7 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
                 t = 1 + t
             tensors[n] = t.float() if n.endswith(FP32_SUFFIX) else t.to(dtype)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config_dict = portable_config(arch, json.loads((folder / "config.json").read_text()))
+    config_dict = arch.to_hf_config_dict(json.loads((folder / "config.json").read_text()))
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     return folder
 

@@ -31,18 +31,6 @@ SCALE_MARKERS = ("weight_scale", "scale_inv", "input_scale", "_amax")
 SHARD_BYTES = 5 * 2**30  # 5 GiB per output shard, as transformers writes
 
 
-def portable_config(arch: SuperArchitecture, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """config.json keys that load in every transformers 5.x NemotronH: the layer and MTP patterns as
-    strings (``hybrid_override_pattern`` / ``mtp_hybrid_override_pattern``), which each version turns
-    into its own block-type list. The lists themselves are left out: transformers 5.12 accepts only
-    "mamba"/"attention" there and 5.17 only "linear_attention"/"full_attention"."""
-    out = {k: v for k, v in (extra or {}).items() if k not in ("layers_block_type", "mtp_layers_block_type")}
-    out.update(arch.to_hf_config_dict())
-    out.pop("layers_block_type", None)
-    out.pop("mtp_layers_block_type", None)
-    return out
-
-
 class CheckpointError(ValueError):
     """A checkpoint is not what the conversion expects; the message names the file / tensor / field."""
 

@@ -122,15 +122,18 @@ def test_round_trip_and_hf_keys():
         a = make()
         d = a.to_hf_config_dict()
         assert d["architectures"] == ["NemotronHForCausalLM"] and d["model_type"] == "nemotron_h"
-        assert d["layers_block_type"] == pattern_to_blocks(a.hybrid_override_pattern)
+        assert d["hybrid_override_pattern"] == a.hybrid_override_pattern
+        assert "layers_block_type" not in d  # its block names differ between transformers 5.12 and 5.17
         assert d["num_hidden_layers"] == a.num_hidden_layers
         assert SuperArchitecture.from_hf_config(d) == a
     d = super_120b_a12b().to_hf_config_dict(extra={"bos_token_id": 1, "hidden_size": 1})
     assert d["bos_token_id"] == 1 and d["hidden_size"] == 4096  # architecture keys win
-    assert d["mtp_layers_block_type"] == ["attention", "moe"]
+    assert d["mtp_hybrid_override_pattern"] == "*E" and "mtp_layers_block_type" not in d
+    stale = super_120b_a12b().to_hf_config_dict(extra={"layers_block_type": ["mamba"], "mtp_layers_block_type": []})
+    assert "layers_block_type" not in stale and "mtp_layers_block_type" not in stale
     original = super_dict()
     assert {k: v for k, v in d.items() if k in original} == {k: original[k] for k in d if k in original}
-    assert "mtp_layers_block_type" not in nano_30b_a3b().to_hf_config_dict()
+    assert "mtp_hybrid_override_pattern" not in nano_30b_a3b().to_hf_config_dict()
 
 
 def test_transformers5_default_mtp_list_ignored_without_mtp():
