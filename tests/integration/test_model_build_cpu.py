@@ -8,7 +8,6 @@ count is parameters + those buffers. The MTP block is built once and run at 2 de
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import pytest
@@ -16,12 +15,7 @@ import torch
 
 from nemotron3_super.architecture import super_120b_a12b, tiny_super
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None,
-                       reason="mamba-ssm not installed (megatron-core's MambaMixer needs it even to build; "
-                              "MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm)"),
-]
+pytestmark = pytest.mark.slow  # needs mamba-ssm (installed by .ci/env.sh): megatron-core's MambaMixer needs it to build
 SUPER_TOTAL = 123_611_033_088  # FACTS.md: 120,668,707,840 backbone + 2,942,325,248 MTP
 
 
