@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from nemotron3_super.plugins.manager import PluginSet, Registration, import_target, load_plugins
 
@@ -99,36 +99,60 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
     import megatron.bridge.models  # noqa: F401 - the host's own bridges register on import
 
     architecture = reg.name
-    bridge_cls = reg.load()
-    if not (isinstance(bridge_cls, type) and issubclass(bridge_cls, model_bridge.MegatronModelBridge)):
-        raise TypeError(f"plugin {reg.plugin!r}: bridge {reg.target} is not a MegatronModelBridge subclass")
+    ours = reg.target.replace(":", ".")
     existing = host_bridge_for(architecture)
-    if existing is bridge_cls:
-        report.bridges[architecture] = _qualname(bridge_cls)
+    if existing is not None and _qualname(existing) == ours:  # installed before (same or another plugin set)
+        report.bridges[architecture] = ours
         return
     if existing is not None:
         if policy == "error":
             raise BridgeConflictError(
-                f"plugin {reg.plugin!r} registers bridge {_qualname(bridge_cls)} for {architecture}, which the host "
+                f"plugin {reg.plugin!r} registers bridge {ours} for {architecture}, which the host "
                 f"already serves with {_qualname(existing)}; set {ENV_BRIDGE_POLICY}=plugin or =host to choose"
             )
         if policy == "host":
             logger.info("keeping host bridge %s for %s (policy 'host'); plugin %r's %s not installed",
-                        _qualname(existing), architecture, reg.plugin, _qualname(bridge_cls))
+                        _qualname(existing), architecture, reg.plugin, ours)
             report.kept_host[architecture] = _qualname(existing)
             report.bridges[architecture] = _qualname(existing)
             return
         logger.warning("plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
-                       reg.plugin, _qualname(existing), _qualname(bridge_cls), architecture)
+                       reg.plugin, _qualname(existing), ours, architecture)
         report.replaced[architecture] = _qualname(existing)
-    context = f"plugin {reg.plugin!r}: bridge {architecture!r}"
-    megatron_model = import_target(reg.metadata["megatron_model"], context=context)
-    provider = import_target(reg.metadata["provider"], context=context) if reg.metadata.get("provider") else None
+    megatron_model = import_target(reg.metadata["megatron_model"], context=f"plugin {reg.plugin!r}: bridge {architecture!r}")
+    deferred = _deferred_bridge(reg, model_bridge.MegatronModelBridge)
     for source in _dispatch_keys(architecture):
         model_bridge.create_bridge_decorator(
-            source=source, target=megatron_model, provider=provider, model_type=reg.metadata.get("model_type")
-        )(bridge_cls)
-    report.bridges[architecture] = _qualname(bridge_cls)
+            source=source, target=megatron_model, model_type=reg.metadata.get("model_type"))(deferred)
+    report.bridges[architecture] = ours
+
+
+def _deferred_bridge(reg: Registration, base: type) -> type:
+    """What the host's dispatch holds for a plugin bridge: a class whose first instantiation imports the
+    real bridge (and its provider) and returns an instance of it. Installing into the host thus imports
+    none of the plugin's model code (the provider module alone costs ~45 ms of dataclass creation)."""
+    context = f"plugin {reg.plugin!r}: bridge {reg.name!r}"
+    meta = reg.metadata
+
+    class DeferredBridge:
+        resolved: type | None = None
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            if cls.resolved is None:
+                real = import_target(reg.target, context=context)
+                if not (isinstance(real, type) and issubclass(real, base)):
+                    raise TypeError(f"{context}: {reg.target} is not a MegatronModelBridge subclass")
+                # what the host's @register_bridge decorator would have set on the class
+                real.SOURCE_NAME = reg.name
+                if meta.get("model_type"):
+                    real.MODEL_TYPE = meta["model_type"]
+                if meta.get("provider"):
+                    real.PROVIDER_CLASS = import_target(meta["provider"], context=context)
+                cls.resolved = real
+            return cls.resolved(*args, **kwargs)
+
+    DeferredBridge.__qualname__ = DeferredBridge.__name__ = f"Deferred{reg.target.rpartition(':')[2]}"
+    return DeferredBridge
 
 
 def _dispatch_keys(architecture: str) -> list[Any]:
@@ -151,15 +175,28 @@ def _install_recipes(regs: list[Registration], report: InstallReport) -> None:
     import megatron.bridge.recipes as host_recipes
 
     for reg in regs:
-        factory = reg.load()
         current = getattr(host_recipes, reg.name, None)
-        if current is not None and current is not factory:
+        if current is not None and getattr(current, "plugin_target", None) != reg.target:
             raise RuntimeError(
                 f"plugin {reg.plugin!r}: recipe name {reg.name!r} is already taken in megatron.bridge.recipes "
                 f"by {_qualname(current)}"
             )
-        setattr(host_recipes, reg.name, factory)
+        setattr(host_recipes, reg.name, _deferred_recipe(reg))
         report.recipes.append(reg.name)
+
+
+def _deferred_recipe(reg: Registration) -> Callable[..., Any]:
+    """The host finds recipes by name in ``megatron.bridge.recipes``; what it finds imports the plugin's
+    factory on the first call (recipe modules import the whole model stack)."""
+
+    def recipe(*args: Any, **kwargs: Any) -> Any:
+        return reg.load()(*args, **kwargs)
+
+    recipe.__name__ = recipe.__qualname__ = reg.name
+    recipe.__module__ = reg.module
+    recipe.__doc__ = f"{reg.metadata.get('description', '')} (from plugin {reg.plugin!r}: {reg.target})".strip()
+    recipe.plugin_target = reg.target  # type: ignore[attr-defined]
+    return recipe
 
 
 def _allow_prefixes(plugin_set: PluginSet, report: InstallReport) -> None:

@@ -44,7 +44,8 @@ def test_recipes_by_name_and_allow_list(mb) -> None:  # noqa: ANN001
     assert not target_allowlist.is_allowed(target)
     report = host.install_into_host(PluginSet(plugins=[plugin], skipped=[]))
     assert report.recipes == ["synthetic_tiny_config"] and report.allowed_prefixes == ["nemotron3_super"]
-    assert host_recipes.synthetic_tiny_config is tiny_super
+    assert host_recipes.synthetic_tiny_config.__name__ == "synthetic_tiny_config"
+    assert host_recipes.synthetic_tiny_config() == tiny_super()  # the factory runs on first call
     assert target_allowlist.is_allowed(target)
     assert isinstance(instantiate({"_target_": target}), SuperArchitecture)
 
@@ -91,12 +92,13 @@ def test_bridge_override_policies(mb, caplog: pytest.LogCaptureFixture) -> None:
 def test_our_recipes_by_name_in_host(mb) -> None:  # noqa: ANN001
     import megatron.bridge.recipes as host_recipes
 
-    from nemotron3_super.recipes import factories
-
     report = host.install_into_host(load_plugins(refresh=True))
     assert set(report.recipes) == {"nemotron3_super_pretrain_config", "nemotron3_super_pretrain_nvfp4_config",
                                    "nemotron3_super_sft_config", "nemotron3_super_lora_config"}
-    assert host_recipes.nemotron3_super_sft_config is factories.nemotron3_super_sft_config
+    assert host_recipes.nemotron3_super_sft_config.plugin_target == (
+        "nemotron3_super.recipes.factories:nemotron3_super_sft_config")
+    config = host_recipes.nemotron3_super_sft_config()  # imports and runs our factory
+    assert type(config).__name__ == "ConfigContainer" and config.model.moe_latent_size == 1024
     assert callable(host_recipes.nemotron_3_super_pretrain_config)  # the host's own recipe is untouched
 
 
@@ -107,3 +109,32 @@ def test_policy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(host.ENV_BRIDGE_POLICY, "newest")
     with pytest.raises(ValueError, match=r"'newest' \(from MEGATRON_BRIDGE_PLUGINS_BRIDGE_POLICY\) is not one of"):
         host.resolve_bridge_policy()
+
+
+def test_install_imports_no_model_code_until_the_bridge_is_used() -> None:
+    """Installing costs no import of our bridge, provider or recipe factories (fresh interpreter);
+    first use resolves them."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    code = (
+        "import json, sys\n"
+        "from nemotron3_super.host_compat import ensure_host_importable\n"
+        "ensure_host_importable()\n"
+        "import megatron.bridge.models\n"
+        "from megatron.bridge.models.conversion import model_bridge\n"
+        "from nemotron3_super.plugins import install_into_host, load_plugins\n"
+        "import megatron.bridge.recipes\n"
+        "install_into_host(load_plugins(), bridge_policy='plugin')\n"
+        "ours = ('nemotron3_super.bridge', 'nemotron3_super.provider', 'nemotron3_super.recipes.factories')\n"
+        "before = sorted(m for m in ours if m in sys.modules)\n"
+        "bridge = model_bridge.get_model_bridge('NemotronHForCausalLM')\n"
+        "print(json.dumps({'before': before, 'type': type(bridge).__module__ + '.' + type(bridge).__name__,\n"
+        "                  'provider': type(bridge).PROVIDER_CLASS.__name__}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"before": [], "type": "nemotron3_super.bridge.SuperBridge", "provider": "SuperModelProvider"}
