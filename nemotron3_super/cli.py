@@ -75,6 +75,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lora(args: argparse.Namespace) -> int:
+    """Host-written LoRA adapter (on-disk names) -> HF PEFT folder that loads on transformers' NemotronH."""
+    _quiet_host()
+    from nemotron3_super.conversion.hf_io import HFCheckpoint
+    from nemotron3_super.conversion.peft_export import host_adapter_deltas, write_peft_adapter
+
+    report = write_peft_adapter(host_adapter_deltas(args.host_adapter), HFCheckpoint(args.hf_model).arch,
+                                args.adapter_path, base_model_name_or_path=args.hf_model, hf_base=args.hf_model,
+                                merged_base=args.merged_base)
+    print(report.render())
+    return 0
+
+
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """HF -> Megatron -> HF, then every tensor compared bit-exactly; exit 1 on any difference."""
     _quiet_host()
@@ -120,6 +133,15 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
                      help="layer spec of the Megatron model (parameter names differ)")
     exp.add_argument("--hf-path", required=True, help="output HF folder")
+    lora = conv_sub.add_parser("export-lora", help="Megatron LoRA adapter (as the host writes it) -> HF PEFT "
+                               "folder; Mamba out_proj / MTP adapters are refused unless --merged-base")
+    lora.add_argument("--hf-model", required=True, help="HF base folder (config; weights for --merged-base)")
+    lora.add_argument("--host-adapter", required=True,
+                      help="folder written by Megatron-Bridge AutoBridge.save_hf_adapter (backbone.* names)")
+    lora.add_argument("--adapter-path", required=True, help="output PEFT folder")
+    lora.add_argument("--merged-base", default=None,
+                      help="write a copy of --hf-model here with the adapters PEFT cannot take merged in")
+    lora.set_defaults(func=cmd_export_lora)
     rt = sub.add_parser("roundtrip", help="HF -> Megatron -> HF and a bit-exact audit of every tensor")
     rt.add_argument("--hf-model", required=True)
     rt.add_argument("--megatron-load-path", default=None, help="export this checkpoint instead of importing")
