@@ -20,12 +20,15 @@ SUPER_TOTAL = 123_611_033_088  # FACTS.md: 120,668,707,840 backbone + 2,942,325,
 
 
 @pytest.fixture
-def cpu_build(monkeypatch: pytest.MonkeyPatch, model_parallel):
+def cpu_build(model_parallel):
     """TP=PP=EP=1 parallel state; on a machine without CUDA, megatron-core's hard-coded
-    ``torch.cuda.current_device()`` allocations go to the current default device (cpu, or meta)."""
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(torch.cuda, "current_device", torch.get_default_device)
+    ``torch.cuda.current_device()`` allocations go to the current default device (cpu, or meta),
+    exactly as the conversion commands build their models."""
+    from nemotron3_super.conversion.megatron_io import cpu_current_device
+
     model_parallel(tp=1, ep=1, pp=1)
+    with cpu_current_device():
+        yield
 
 
 def _provider(arch, **overrides):
