@@ -103,3 +103,33 @@ def ensure_mamba_ssm_importable() -> None:
 
     stub.__getattr__ = __getattr__
     sys.modules["selective_scan_cuda"] = stub
+
+
+_TE_FLAGS = {  # host module -> its "TE is here" flags (Megatron-Bridge 0.6.x)
+    "megatron.bridge.peft.utils": ("HAVE_TE", "HAVE_TE_COL_LINEAR", "HAVE_TE_LN_COL_LINEAR", "HAVE_TE_ROW_LINEAR",
+                                   "HAVE_TE_LINEAR", "HAVE_TE_COL_GRP_LINEAR", "HAVE_TE_ROW_GRP_LINEAR"),
+    "megatron.bridge.peft.module_matcher": ("HAVE_TE", "HAVE_TE_COL_LINEAR", "HAVE_TE_LN_COL_LINEAR",
+                                            "HAVE_TE_ROW_LINEAR"),
+}
+
+
+def align_host_te_flags() -> list[str]:
+    """Without Transformer Engine, megatron-core still defines placeholder ``TE*`` classes, so the host's
+    LoRA modules compute ``HAVE_TE = True`` and wrap local linears as if they were TE ones (wrong
+    feature sizes at TP > 1, TE-only calls). Sets those flags to False, as they are in fact; returns the
+    ones changed. A no-op when TE is installed. Call before LoRA is applied (launch, LoRA recipes)."""
+    if have_transformer_engine():
+        return []
+    ensure_host_importable()
+    import importlib
+
+    changed = []
+    for module_name, flags in _TE_FLAGS.items():
+        module = importlib.import_module(module_name)
+        for flag in flags:
+            if getattr(module, flag, False):
+                setattr(module, flag, False)
+                changed.append(f"{module_name}.{flag}")
+    if changed:
+        logger.info("Transformer Engine not found: host LoRA uses its non-TE paths (%d flags corrected)", len(changed))
+    return changed

@@ -235,6 +235,9 @@ def launch(cfg: Any, mode: str) -> None:
     """Run the host's training loop on this rank (call under torchrun)."""
     entry, forward_step = _training_loop(mode)
     _use_prebuilt_dataset_helpers()
+    from nemotron3_super.host_compat import align_host_te_flags
+
+    align_host_te_flags()  # LoRA without TE: the host's flags would say TE is there
     from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
 
     register_allowed_target_prefix("nemotron3_super")  # run configs saved with our provider reload
@@ -311,6 +314,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
     cfg = getattr(recipes, name)(**recipe_kwargs)
     warmup = cfg.scheduler.lr_warmup_iters
     apply_cli_overrides(cfg, overrides)
+    _adopt_checkpoint_architecture(cfg, overrides)
     _follow_train_iters(cfg, overrides, warmup)
     arch = _validated_arch(cfg, strict=False)
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; plain `python -m` is one process
@@ -329,6 +333,46 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
     if problems:
         raise LayoutError(problems)
     return cfg, layout, _validated_arch(cfg), warnings
+
+
+def _adopt_checkpoint_architecture(cfg: Any, overrides: list[str]) -> None:
+    """Fine-tuning a checkpoint written by ``convert import``: the model's shape is the checkpoint's
+    (its ``nemotron3_super.json`` holds the HF config), so ``checkpoint.pretrained_checkpoint=`` alone
+    is enough for any Super/Nano-shaped model. A ``model.<field>=`` override that contradicts it is an
+    error naming both values; other checkpoints (the host's own) leave the recipe's model as it is."""
+    import json
+    from pathlib import Path
+
+    from nemotron3_super.architecture import SuperArchitecture
+    from nemotron3_super.provider import ARCH_FIELDS, SuperModelProvider
+
+    path = getattr(cfg.checkpoint, "pretrained_checkpoint", None)
+    meta = Path(path) / "nemotron3_super.json" if path else None
+    if meta is None or not meta.is_file() or not isinstance(cfg.model, SuperModelProvider):
+        return
+    try:
+        arch = SuperArchitecture.from_hf_config(json.loads(meta.read_text())["hf_config"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{meta}: cannot read the checkpoint's architecture ({exc})") from None
+    wanted = SuperModelProvider.from_architecture(arch)
+    wanted.validate()
+    shape_fields = {"hybrid_override_pattern", "mtp_num_layers", "mtp_use_repeated_layer"} | {
+        pf for pf, _ in ARCH_FIELDS if pf != "seq_length"}  # what the checkpoint's shape decides
+    given = [o.split("=", 1)[0].lstrip("+~").removeprefix("model.") for o in overrides
+             if o.lstrip("+~").startswith("model.")]
+    expected = {k: getattr(wanted, k, None) for k in shape_fields}
+    expected["hybrid_override_pattern"] = arch.hybrid_override_pattern  # HF spelling, as typed on the CLI
+    clashes = [f"model.{k}={getattr(cfg.model, k)!r} (checkpoint: {expected[k]!r})" for k in given
+               if k in shape_fields and getattr(cfg.model, k, None) != expected[k]]
+    if clashes:
+        raise ValueError(f"{path} was converted from a different model shape than the override(s) "
+                         + ", ".join(clashes) + "; drop them (the shape comes from the checkpoint)")
+    try:
+        same = cfg.model.to_architecture() == arch
+    except ValueError:
+        same = False
+    if not same:
+        cfg.model.set_architecture(arch)
 
 
 def _recipe_gpus(name: str) -> int:

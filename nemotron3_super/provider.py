@@ -189,6 +189,15 @@ class SuperModelProvider(HybridModelProvider):
             raise TypeError(f"SuperModelProvider has no field(s) {unknown}")
         return cls(**{**_arch_kwargs(arch), **overrides})
 
+    def set_architecture(self, arch: SuperArchitecture) -> None:
+        """Give this provider ``arch``'s shape in place; parallel layout, precision and training settings
+        stay (fine-tuning a checkpoint whose shape the recipe does not know)."""
+        _expressible(arch)
+        for name, value in _arch_kwargs(arch).items():
+            if name != "seq_length":  # the run's sequence length, not the checkpoint's position limit
+                setattr(self, name, value)
+        self.hybrid_override_pattern = None  # the HF spelling would win over hybrid_layer_pattern
+
     @classmethod
     def from_hf_config(cls, cfg_or_path: Mapping[str, Any] | str | Path | object,
                        **overrides: Any) -> SuperModelProvider:

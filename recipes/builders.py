@@ -153,7 +153,11 @@ def build_tokenizer(arch: SuperArchitecture, tokenizer_model: str | None, *, rea
 
 
 def build_lora(rank: int = 32, alpha: int = 32) -> LoRA:
-    """LoRA on attention, MLP/expert and Mamba in/out projections (the latent projections stay frozen)."""
+    """LoRA on attention, MLP/expert and Mamba in/out projections (the latent projections stay frozen).
+    Without TE the host's LoRA flags are corrected here, before any training run applies it."""
+    from nemotron3_super.host_compat import align_host_te_flags
+
+    align_host_te_flags()
     return LoRA(target_modules=list(LORA_TARGETS), dim=rank, alpha=alpha, dropout=0.0)
 
 

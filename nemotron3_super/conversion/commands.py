@@ -1,6 +1,7 @@
 """``convert import`` / ``convert export`` / ``roundtrip`` as Python functions (the CLI calls these).
 
-Single process on CPU (a 1-rank gloo group) by default; ``tp``/``ep`` > 1 run under torchrun (gloo).
+Single process on CPU (a 1-rank gloo group) by default; ``tp``/``ep`` > 1 run under torchrun (gloo, or NCCL
+with ``device="cuda"``: the model shards then live on one GPU per rank).
 Everything is validated before work starts; outputs are written to a temporary sibling folder and renamed
 at the end, so a failure leaves no half-written output.
 Memory: the Megatron model (1x) plus the tensor being converted (import) or one output shard (export).
@@ -27,7 +28,8 @@ from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, C
                                               ShardedWriter)
 from nemotron3_super.conversion.mapping import check_coverage, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
-                                                    parallel_group, read_meta, save_checkpoint, shared_temp_dir)
+                                                    parallel_group, read_meta, run_provider, save_checkpoint,
+                                                    shared_temp_dir)
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")  # tokenizer, generation config, chat template
@@ -96,7 +98,7 @@ def _open_source(hf_model: str | Path) -> HFCheckpoint:
 
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
-                      spec_impl: str = "local", tp: int = 1, ep: int = 1) -> ConvertReport:
+                      spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu") -> ConvertReport:
     """HF folder -> Megatron torch_dist checkpoint. Every tensor keeps its bits: where the Megatron
     parameter is narrower than the HF tensor (e.g. Nano's FP32 router weight) the HF dtype is kept.
     ``tp``/``ep`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout."""
@@ -104,8 +106,8 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
     src = _open_source(hf_model)
     target_path = check_output(megatron_path, overwrite)
     report = ConvertReport(str(hf_model), str(megatron_path))
-    with parallel_group(tp, ep), staged_output(target_path) as out, cpu_current_device():
-        model = build_model(src.arch, _model_dtype(src.config), spec_impl)
+    with parallel_group(tp, ep, device), staged_output(target_path) as out, cpu_current_device():
+        model = build_model(src.arch, _model_dtype(src.config), spec_impl, device)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, src.arch)
         check_coverage(pairs, src.tensors, str(hf_model))
@@ -120,13 +122,13 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
                                                                   converted):
                     target.copy_(converted)  # same dtype, or an exact cast (e.g. BF16 A_log -> FP32)
                 else:
-                    target.data = converted.detach().clone()
+                    target.data = converted.detach().to(target.device, copy=True)
                     report.kept_wider.append(pair.megatron)
             report.tensors += len(pair.hf)
             report.bytes += sum(src.tensors[h].nbytes for h in pair.hf)
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
                 "tp": tp, "ep": ep, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
-        save_checkpoint(model, out, meta)
+        save_checkpoint(model, out, meta, run_provider(src.arch, _model_dtype(src.config), spec_impl, tp, ep))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -144,7 +146,7 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
-                      ep: int = 1) -> ConvertReport:
+                      ep: int = 1, device: str = "cpu") -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
     Any ``tp``/``ep`` can read any checkpoint (torch_dist reshards); rank 0 writes the files."""
     start = time.perf_counter()
@@ -155,8 +157,8 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
                               f"{hf_model}/config.json (compare their config.json files)")
     target_path = check_output(hf_path, overwrite)
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
-    with parallel_group(tp, ep), staged_output(target_path) as out, cpu_current_device():
-        model = build_model(ref.arch, dtype, meta.get("spec_impl", "local"))
+    with parallel_group(tp, ep, device), staged_output(target_path) as out, cpu_current_device():
+        model = build_model(ref.arch, dtype, meta.get("spec_impl", "local"), device)
         load_checkpoint(model, megatron_path)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, ref.arch)
@@ -167,7 +169,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
             for pair in pairs:
                 full = pair.mapping.megatron_to_hf(tensors[pair.local], module_of(model, pair.local))
                 for name, t in full.items() if writes else ():
-                    writer.add(name, t.to(_target_dtype(name, ref, meta, dtype)))
+                    writer.add(name, t.to(device="cpu", dtype=_target_dtype(name, ref, meta, dtype)))
                     report.tensors += 1
         if writes:
             writer.close()

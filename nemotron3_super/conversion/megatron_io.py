@@ -5,6 +5,8 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
     <path>/latest_checkpointed_iteration.txt   "0"
     <path>/iter_0000000/                        torch_dist: {"model": model.sharded_state_dict()}
     <path>/nemotron3_super.json                 HF config.json dict, layer spec, HF dtype per tensor
+    <path>/iter_0000000/run_config.yaml         as the host writes it: the model provider, checkpoint flags
+    <path>/iter_0000000/train_state.pt, <path>/latest_train_state.pt   step 0 (host trackers)
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
@@ -36,10 +38,33 @@ ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def _backend(device: str) -> str:
+    """gloo for CPU tensors; with CUDA present, NCCL for CUDA tensors too (the host's TP mappings move
+    replicated tensors to the current GPU at TP > 1, even when the model itself is on CPU)."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r}: expected one of {DEVICES}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' (--device cuda) needs a CUDA GPU; none is visible to torch here")
+    if not torch.cuda.is_available():
+        return "gloo"
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > torch.cuda.device_count():
+        if device == "cuda":
+            raise RuntimeError(f"device='cuda': {world} ranks but {torch.cuda.device_count()} GPU(s) visible "
+                               "(one GPU per rank; or use --device cpu)")
+        return "gloo"
+    torch.cuda.set_device(local)
+    return "cpu:gloo,cuda:nccl"
+
+
 @contextlib.contextmanager
-def parallel_group(tp: int = 1, ep: int = 1) -> Iterator[None]:
-    """gloo process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
-    TP ``tp`` / EP ``ep``, unless the caller (tests, a training job) already made them."""
+def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu") -> Iterator[None]:
+    """Process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
+    TP ``tp`` / EP ``ep``, unless the caller (tests, a training job) already made them. ``device`` is
+    where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
     made_group = not dist.is_initialized()
     if made_group:
         if "RANK" not in os.environ:
@@ -48,7 +73,9 @@ def parallel_group(tp: int = 1, ep: int = 1) -> Iterator[None]:
                 port = s.getsockname()[1]
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port))
-        dist.init_process_group("gloo")
+        dist.init_process_group(_backend(device))
+    elif device == "cuda" and not torch.cuda.is_available():
+        _backend(device)  # raises the clear message
     made_parallel = not parallel_state.model_parallel_is_initialized()
     if made_parallel:
         if dist.get_world_size() % (tp * ep):
@@ -95,9 +122,10 @@ def cpu_current_device() -> Iterator[None]:
         torch.cuda.current_device = original
 
 
-def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "local",
+def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "local", device: str = "cpu",
                 **overrides: Any) -> torch.nn.Module:
-    """The provider's HybridModel on CPU with uninitialised weights (conversion overwrites every one)."""
+    """The provider's HybridModel on ``device`` ("cpu", or "cuda": this rank's current GPU) with
+    uninitialised weights (conversion overwrites every one)."""
     from megatron.core.tensor_parallel import random as mp_random
 
     from nemotron3_super.provider import SuperModelProvider
@@ -108,7 +136,7 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
                      "expert_model_parallel_size": parallel_state.get_expert_model_parallel_world_size(),
                      **overrides}
     provider = SuperModelProvider.from_architecture(
-        arch, spec_impl=spec_impl, use_cpu_initialization=True, perform_initialization=False,
+        arch, spec_impl=spec_impl, use_cpu_initialization=device == "cpu", perform_initialization=False,
         moe_token_dispatcher_type="allgather",  # alltoall allocates a CUDA stream at build; same weights
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, **overrides)
     provider.finalize()
@@ -148,18 +176,57 @@ class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
                             preload_fn=preload_fn)
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty)."""
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
+    """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
+
+    With ``provider`` (the model's config as a training run would use it), the checkpoint also carries what
+    Megatron-Bridge's own checkpoints carry: ``run_config.yaml``, ``train_state.pt`` (step 0) and the
+    trackers, so ``checkpoint.pretrained_checkpoint`` / ``checkpoint.load`` and the host's
+    ``load_megatron_model`` accept it."""
     ckpt_dir = path / ITERATION_DIR
     if dist.get_rank() == 0:
         ckpt_dir.mkdir()
     dist.barrier()
     strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(ckpt_dir), sharded_strategy=strategy,
-                            async_sharded_save=False)
+    # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
+    # version reads as 0 there, a legacy layout)
+    dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
+                            str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
     if dist.get_rank() == 0:
+        if provider is not None:
+            _write_host_files(path, provider)
         (path / "latest_checkpointed_iteration.txt").write_text("0\n")
         (path / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    dist.barrier()
+
+
+def _write_host_files(path: Path, provider: Any) -> None:
+    """``run_config.yaml`` and the train-state files, written by the host's own classes (rank 0)."""
+    import shutil
+
+    from megatron.bridge.training.config import CheckpointConfig, ConfigContainer, LoggerConfig, OptimizerConfig
+    from megatron.bridge.training.state import TrainState
+
+    config = ConfigContainer(
+        model=provider, train=None, optimizer=OptimizerConfig(use_distributed_optimizer=False), ddp=None,
+        scheduler=None, dataset=None, logger=LoggerConfig(), tokenizer=None, dist=None,
+        checkpoint=CheckpointConfig(save=str(path), save_optim=False, save_rng=False, ckpt_format="torch_dist",
+                                    async_save=False, dist_ckpt_optim_fully_reshardable=True))
+    config.to_yaml(str(path / ITERATION_DIR / "run_config.yaml"))
+    train_state = TrainState().state_dict()
+    train_state["floating_point_operations_so_far"] = torch.tensor(0.0, dtype=torch.float32)
+    torch.save(train_state, path / ITERATION_DIR / "train_state.pt")
+    shutil.copy(path / ITERATION_DIR / "train_state.pt", path / "latest_train_state.pt")
+
+
+def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp: int = 1, ep: int = 1) -> Any:
+    """The provider a training run of this checkpoint would build (no conversion-only settings), for
+    ``run_config.yaml``."""
+    from nemotron3_super.provider import SuperModelProvider
+
+    return SuperModelProvider.from_architecture(
+        arch, spec_impl=spec_impl, tensor_model_parallel_size=tp, expert_model_parallel_size=ep,
+        sequence_parallel=tp > 1, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -34,14 +34,13 @@ experts); :func:`host_adapter_deltas` reads such a folder so ``write_peft_adapte
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
@@ -118,33 +117,15 @@ class PeftExportReport:
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _te_free_adapter_attributes() -> Iterator[None]:
-    """Without Transformer Engine, megatron-core exposes placeholder ``TE*`` names, so the host's
-    ``megatron.bridge.peft.utils.HAVE_TE`` reads True and ``isinstance`` against them fails while LoRA
-    wraps local linears. Scoped to the wrapping: HAVE_TE is False there, as it is in fact."""
-    import megatron.bridge.peft.utils as peft_utils
-
-    from nemotron3_super.host_compat import have_transformer_engine
-
-    if have_transformer_engine():
-        yield
-        return
-    saved = peft_utils.HAVE_TE
-    peft_utils.HAVE_TE = False
-    try:
-        yield
-    finally:
-        peft_utils.HAVE_TE = saved
-
-
 def apply_lora(model: torch.nn.Module, targets: Iterable[str] = LORA_TARGETS, dim: int = 32,
                alpha: int = 32) -> torch.nn.Module:
     """The host's LoRA (``megatron.bridge.peft.lora.LoRA``) on a built model, TE or not."""
     from megatron.bridge.peft.lora import LoRA
 
-    with _te_free_adapter_attributes():
-        return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
+    from nemotron3_super.host_compat import align_host_te_flags
+
+    align_host_te_flags()
+    return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
 
 
 def lora_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

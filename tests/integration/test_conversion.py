@@ -103,6 +103,36 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
     assert (Path(paths["megatron"]) / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
 
 
+def test_host_reads_the_checkpoint_as_its_own(converted) -> None:
+    """Megatron-Bridge's own loader (``load_megatron_model``: run_config.yaml -> provider -> model -> load)
+    rebuilds our provider from the checkpoint and gets the same tensors; its trackers read step 0."""
+    from megatron.bridge.training.model_load_save import load_megatron_model
+    from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
+
+    from nemotron3_super.conversion.hf_io import HFCheckpoint
+    from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
+                                                        single_process_group)
+    from nemotron3_super.plugins.host import install_into_host
+
+    install_into_host()  # our provider's module joins the host's _target_ allow-list
+    path = Path(converted["tiny_super"]["megatron"])
+    assert checkpoint_exists(str(path))
+    assert read_train_state(str(path / "latest_train_state.pt")).step == 0
+    run_config = read_run_config(str(path / "iter_0000000" / "run_config.yaml"))
+    assert run_config["model"]["_target_"] == "nemotron3_super.provider.SuperModelProvider"
+    assert run_config["model"]["hybrid_layer_pattern"] == "MEME*ME"
+    assert run_config["model"]["use_cpu_initialization"] is False  # a training run's provider, not conversion's
+    with cpu_current_device():  # the alltoall dispatcher allocates a CUDA stream at build; same weights
+        host = load_megatron_model(str(path / "iter_0000000"), return_state_dict=True, use_cpu_init=True,
+                                   mp_overrides={"moe_token_dispatcher_type": "allgather"})["model"]
+    with single_process_group():
+        ours = build_model(HFCheckpoint(converted["tiny_super"]["hf"]).arch, torch.bfloat16)
+        load_checkpoint(ours, path)
+    expected = {k: v for k, v in ours.state_dict().items() if not k.endswith("_extra_state")}
+    assert sorted(k for k in host if not k.endswith("_extra_state")) == sorted(expected)
+    assert all(torch.equal(host[k], v) for k, v in expected.items())
+
+
 def test_cli_roundtrip_from_existing_checkpoint(converted, capsys: pytest.CaptureFixture) -> None:
     from nemotron3_super.cli import main
 
@@ -183,6 +213,15 @@ def test_failure_after_start_leaves_no_partial_output(converted, tmp_path: Path)
 
     with pytest.raises(CheckpointError, match=r"imported from a different architecture"):
         export_checkpoint(converted["tiny_nano"]["hf"], converted["tiny_super"]["megatron"], tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_device_cuda_without_gpu_says_why(converted, tmp_path: Path) -> None:
+    from nemotron3_super.conversion.commands import import_checkpoint
+
+    with pytest.raises(RuntimeError, match=r"device='cuda' \(--device cuda\) needs a CUDA GPU"):
+        import_checkpoint(converted["tiny_super"]["hf"], tmp_path / "m", device="cuda")
     assert list(tmp_path.iterdir()) == []
 
 

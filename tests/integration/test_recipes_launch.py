@@ -152,3 +152,37 @@ def test_sft_reads_a_local_squad_jsonl_offline(recipes, offline, tmp_path: Path)
     assert examples[0]["prompt"].startswith("Context: Paris is the capital of France (0). Question:")
     with pytest.raises(FileNotFoundError, match="SQuAD JSONL not found"):
         recipes.nemotron3_super_sft_config(squad_jsonl=tmp_path / "nope.jsonl")
+
+
+@pytest.fixture
+def converted_meta(tmp_path: Path) -> Path:
+    """What `convert import` leaves beside the weights: nemotron3_super.json with the HF config (a dry
+    run reads only that)."""
+    from nemotron3_super.architecture import tiny_super
+
+    ckpt = tmp_path / "tiny_megatron"
+    ckpt.mkdir()
+    (ckpt / "nemotron3_super.json").write_text(json.dumps({"format": 1, "hf_config": tiny_super().to_hf_config_dict()}))
+    return ckpt
+
+
+def test_finetune_takes_the_model_shape_from_a_converted_checkpoint(converted_meta: Path, capsys) -> None:
+    from nemotron3_super.launch import run_recipe
+
+    assert run_recipe("nemotron3_super_lora_config", [f"checkpoint.pretrained_checkpoint={converted_meta}",
+                                                      "model.tensor_model_parallel_size=1",
+                                                      "model.expert_model_parallel_size=1",
+                                                      "model.sequence_parallel=False"], dry_run=True, gpus=1) == 0
+    out = capsys.readouterr().out
+    assert "model: 7 layers (3 Mamba-2, 3 MoE, 1 attention), hidden 128, 8 experts" in out, out[:600]
+    assert "seq 2048" in out  # the recipe's sequence length stays; only the shape comes from the checkpoint
+
+
+def test_finetune_override_that_contradicts_the_checkpoint_is_named(converted_meta: Path, capsys) -> None:
+    from nemotron3_super.launch import run_recipe
+
+    code = run_recipe("nemotron3_super_sft_config", [f"checkpoint.pretrained_checkpoint={converted_meta}",
+                                                     "model.hidden_size=256", "model.num_layers=7"],
+                      dry_run=True)
+    err = capsys.readouterr().err
+    assert code == 2 and "model.hidden_size=256 (checkpoint: 128)" in err and "num_layers" not in err, err
