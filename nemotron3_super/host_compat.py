@@ -133,3 +133,38 @@ def align_host_te_flags() -> list[str]:
     if changed:
         logger.info("Transformer Engine not found: host LoRA uses its non-TE paths (%d flags corrected)", len(changed))
     return changed
+
+
+def ensure_te_free_optimizer_resume() -> bool:
+    """megatron-core 0.19 without Apex or TE (torch's AdamW): resuming a distributed-optimizer checkpoint
+    fails with ``assert len(steps) == 1`` in ``DistributedOptimizer.state_dict``. Loading asks for the
+    optimizer's state dict before any step, when torch's AdamW has no per-parameter state (so no
+    ``step``) yet; Apex/TE FusedAdam keep the step in the param groups and never hit it. This fills the
+    empty states as megatron-core's own ``init_state_fn`` does, plus ``step`` 0, right before that call
+    (the checkpoint then overwrites all of them, step included). Installed only when Apex/TE are
+    absent; returns whether it is active. Idempotent."""
+    import torch
+    from megatron.core.optimizer import distrib_optimizer
+
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        return False
+    cls = distrib_optimizer.DistributedOptimizer
+    if getattr(cls.sharded_state_dict, "_nemotron3_super", False):
+        return True
+    original = cls.sharded_state_dict
+
+    def sharded_state_dict(self, model_sharded_state_dict=None, is_loading=False, sharding_type=None,
+                           metadata=None):
+        if is_loading and len(self.optimizer.state) == 0 and self.init_state_fn is not None:
+            self.init_state_fn(self.optimizer, self.config)
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    self.optimizer.state[param].setdefault("step", torch.tensor(0.0))
+        return original(self, {} if model_sharded_state_dict is None else model_sharded_state_dict,
+                        is_loading, sharding_type, metadata)
+
+    sharded_state_dict._nemotron3_super = True  # type: ignore[attr-defined]
+    sharded_state_dict.__doc__ = original.__doc__
+    cls.sharded_state_dict = sharded_state_dict
+    logger.info("Apex/TE not found: distributed-optimizer resume initialises torch AdamW state before loading")
+    return True

@@ -235,12 +235,15 @@ def launch(cfg: Any, mode: str) -> None:
     """Run the host's training loop on this rank (call under torchrun)."""
     entry, forward_step = _training_loop(mode)
     _use_prebuilt_dataset_helpers()
-    from nemotron3_super.host_compat import align_host_te_flags
+    from nemotron3_super.host_compat import align_host_te_flags, ensure_te_free_optimizer_resume
 
     align_host_te_flags()  # LoRA without TE: the host's flags would say TE is there
-    from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
+    ensure_te_free_optimizer_resume()  # resume without Apex/TE (torch AdamW)
+    from nemotron3_super.plugins.host import install_into_host
 
-    register_allowed_target_prefix("nemotron3_super")  # run configs saved with our provider reload
+    # our bridge for NemotronH in the host (HF adapter/checkpoint saves during training use it) and our
+    # package on its _target_ allow-list (run configs saved with our provider reload)
+    install_into_host()
     entry(cfg, forward_step)
 
 

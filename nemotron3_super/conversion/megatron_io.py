@@ -6,7 +6,7 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
     <path>/iter_0000000/                        torch_dist: {"model": model.sharded_state_dict()}
     <path>/nemotron3_super.json                 HF config.json dict, layer spec, HF dtype per tensor
     <path>/iter_0000000/run_config.yaml         as the host writes it: the model provider, checkpoint flags
-    <path>/iter_0000000/train_state.pt, <path>/latest_train_state.pt   step 0 (host trackers)
+    <path>/iter_0000000/train_state.pt          the host's TrainState at step 0 (also latest_train_state.pt)
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
@@ -180,9 +180,8 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], pr
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
     With ``provider`` (the model's config as a training run would use it), the checkpoint also carries what
-    Megatron-Bridge's own checkpoints carry: ``run_config.yaml``, ``train_state.pt`` (step 0) and the
-    trackers, so ``checkpoint.pretrained_checkpoint`` / ``checkpoint.load`` and the host's
-    ``load_megatron_model`` accept it."""
+    Megatron-Bridge's loaders read (``run_config.yaml``), so ``checkpoint.pretrained_checkpoint`` and the
+    host's ``load_megatron_model`` accept it."""
     ckpt_dir = path / ITERATION_DIR
     if dist.get_rank() == 0:
         ckpt_dir.mkdir()
@@ -201,22 +200,28 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], pr
 
 
 def _write_host_files(path: Path, provider: Any) -> None:
-    """``run_config.yaml`` and the train-state files, written by the host's own classes (rank 0)."""
-    import shutil
+    """``run_config.yaml`` as the host writes it, reduced to what its loaders read: the model section (the
+    provider, serialised by the host's own config code, so ``load_megatron_model`` rebuilds it) and the
+    checkpoint flags (no optimizer or RNG state here). The host's full ``ConfigContainer`` is not used:
+    importing it pulls in every data module (megatron-energon), which conversion must not need.
+    ``train_state.pt`` (+ ``latest_train_state.pt``): the host's TrainState at step 0, field for field (the
+    host rejects a legacy tracker that says 0, so its loaders need this file)."""
+    import yaml
+    from megatron.bridge.training.utils.config_utils import _ConfigContainerBase
+    from megatron.training.config.yaml_utils import safe_yaml_representers
 
-    from megatron.bridge.training.config import CheckpointConfig, ConfigContainer, LoggerConfig, OptimizerConfig
-    from megatron.bridge.training.state import TrainState
-
-    config = ConfigContainer(
-        model=provider, train=None, optimizer=OptimizerConfig(use_distributed_optimizer=False), ddp=None,
-        scheduler=None, dataset=None, logger=LoggerConfig(), tokenizer=None, dist=None,
-        checkpoint=CheckpointConfig(save=str(path), save_optim=False, save_rng=False, ckpt_format="torch_dist",
-                                    async_save=False, dist_ckpt_optim_fully_reshardable=True))
-    config.to_yaml(str(path / ITERATION_DIR / "run_config.yaml"))
-    train_state = TrainState().state_dict()
-    train_state["floating_point_operations_so_far"] = torch.tensor(0.0, dtype=torch.float32)
-    torch.save(train_state, path / ITERATION_DIR / "train_state.pt")
-    shutil.copy(path / ITERATION_DIR / "train_state.pt", path / "latest_train_state.pt")
+    run_config = {"model": _ConfigContainerBase._convert_value_to_dict(provider),
+                  "checkpoint": {"save_optim": False, "save_rng": False, "fully_parallel_save": False,
+                                 "ckpt_format": "torch_dist"}}
+    with safe_yaml_representers(), open(path / ITERATION_DIR / "run_config.yaml", "w") as fh:
+        yaml.safe_dump(run_config, fh, default_flow_style=False)
+    zero = {"step": torch.tensor(0, dtype=torch.int64), "consumed_train_samples": torch.tensor(0, dtype=torch.int64),
+            "skipped_train_samples": torch.tensor(0, dtype=torch.int64),
+            "consumed_valid_samples": torch.tensor(0, dtype=torch.int64),
+            "floating_point_operations_so_far": torch.tensor(0.0, dtype=torch.float64),
+            "do_train": torch.tensor(False), "do_valid": torch.tensor(False), "do_test": torch.tensor(False)}
+    torch.save(zero, path / ITERATION_DIR / "train_state.pt")
+    torch.save(zero, path / "latest_train_state.pt")
 
 
 def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp: int = 1, ep: int = 1) -> Any:

@@ -7,23 +7,17 @@ One GPU, the seed's debug overrides (``MEME*ME``, 7 layers) plus what makes it f
 iteration 25 and trains 26..50 again. Its first loss is computed with the restored weights before any
 update, so it must equal run 1's loss at iteration 26 (mock data is deterministic): training continues
 where it was, not from scratch.
-The GPU machine lacks nvidia-resiliency-ext (imported by the host's training loop); its payload's
-``optional_stubs`` stand in for it there (async save and in-process restart stay off), and for
-nvidia-modelopt, whose distillation hook is then made to answer "none" as the real package does.
+The GPU machine's missing packages are handled by ``gpu_launch.run_training``.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from gpu_launch import run_training
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -36,34 +30,12 @@ DEBUG = ["model.hybrid_override_pattern=MEME*ME", "model.num_layers=7", "model.n
          "model.use_mamba_mem_eff_path=False", "model.seq_length=1024", "dataset.seq_length=1024",
          "train.train_iters=50", "train.global_batch_size=8", "train.micro_batch_size=2",
          "logger.log_interval=1", "checkpoint.save_interval=25", "checkpoint.async_save=False"]
-LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ .*?lm loss:\s*([0-9.eE+-]+)")
 
 
 def _launch(tmp: Path, save: str, extra: list[str]) -> dict[int, float]:
-    script = tmp / "launch_pretrain.py"
-    script.write_text(textwrap.dedent("""
-        import runpy, sys
-        try:
-            import optional_stubs  # GPU payload only: stand-ins for packages the host imports but we never use
-            stubbed = optional_stubs.install(verbose=False)
-        except ImportError:
-            stubbed = []
-        if "modelopt" in stubbed:  # a stand-in returns stand-ins; the host asks it for a distillation hook
-            import modelopt.torch.distill.plugins.megatron as distill
-            distill.get_tensor_shapes_adjust_fn_for_distillation = lambda *args, **kwargs: None
-        sys.argv[0] = "nemotron3_super.pretrain"
-        runpy.run_module("nemotron3_super.pretrain", run_name="__main__", alter_sys=True)
-    """))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", f"--master-port={port}",
-           str(script), *DEBUG, f"checkpoint.save={tmp / save}", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=tmp)
-    log = proc.stdout + proc.stderr
-    (tmp / f"run{len(list(tmp.glob('run*.log')))}.log").write_text(log)
-    assert proc.returncode == 0, log[-6000:]
-    return {int(i): float(x) for i, x in LOSS_LINE.findall(log)}
+    losses, _ = run_training(tmp, "nemotron3_super.pretrain", [*DEBUG, f"checkpoint.save={tmp / save}", *extra],
+                             log_name=save)
+    return losses
 
 
 def test_mock_pretraining_saves_and_resumes(tmp_path: Path) -> None:

@@ -105,8 +105,9 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
 
 def test_host_reads_the_checkpoint_as_its_own(converted) -> None:
     """Megatron-Bridge's own loader (``load_megatron_model``: run_config.yaml -> provider -> model -> load)
-    rebuilds our provider from the checkpoint and gets the same tensors; its trackers read step 0."""
+    rebuilds our provider from the checkpoint and gets the same tensors; its train state reads step 0."""
     from megatron.bridge.training.model_load_save import load_megatron_model
+    from megatron.bridge.training.state import TrainState
     from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
 
     from nemotron3_super.conversion.hf_io import HFCheckpoint
@@ -117,7 +118,11 @@ def test_host_reads_the_checkpoint_as_its_own(converted) -> None:
     install_into_host()  # our provider's module joins the host's _target_ allow-list
     path = Path(converted["tiny_super"]["megatron"])
     assert checkpoint_exists(str(path))
-    assert read_train_state(str(path / "latest_train_state.pt")).step == 0
+    for name in ("latest_train_state.pt", "iter_0000000/train_state.pt"):
+        saved = torch.load(path / name, weights_only=True)
+        assert {k: (v.dtype, v.item()) for k, v in saved.items()} == {
+            k: (v.dtype, v.item()) for k, v in TrainState().state_dict().items()}  # the host's, field for field
+        assert read_train_state(str(path / name)).step == 0
     run_config = read_run_config(str(path / "iter_0000000" / "run_config.yaml"))
     assert run_config["model"]["_target_"] == "nemotron3_super.provider.SuperModelProvider"
     assert run_config["model"]["hybrid_layer_pattern"] == "MEME*ME"
