@@ -271,7 +271,7 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 
 def main(mode: str, argv: list[str] | None = None) -> int:
     """CLI entry for ``mode`` "pretrain" or "finetune"; returns the exit status."""
-    args = _parser(mode).parse_args(argv)
+    args = _parser(mode).parse_intermixed_args(argv)  # options may come between the overrides
     if mode == "pretrain":
         name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
         kwargs = {"per_split_data_args_path": args.data_blend}

@@ -186,3 +186,16 @@ def test_finetune_override_that_contradicts_the_checkpoint_is_named(converted_me
                       dry_run=True)
     err = capsys.readouterr().err
     assert code == 2 and "model.hidden_size=256 (checkpoint: 128)" in err and "num_layers" not in err, err
+
+
+def test_options_may_come_between_overrides(converted_meta: Path, capsys) -> None:
+    """``... finetune checkpoint.pretrained_checkpoint=P --peft lora train.train_iters=20``: argparse's plain
+    parser rejects the overrides after ``--peft`` as unrecognized (found on the GPU machine)."""
+    from nemotron3_super.launch import main
+
+    assert main("finetune", [f"checkpoint.pretrained_checkpoint={converted_meta}", "--peft", "lora",
+                             "model.tensor_model_parallel_size=1", "model.expert_model_parallel_size=1",
+                             "model.sequence_parallel=False", "--gpus", "1", "train.train_iters=20",
+                             "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe nemotron3_super_lora_config" in out and "warmup" in out and "of 20 iters" in out, out[:800]
