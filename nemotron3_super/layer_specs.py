@@ -226,6 +226,17 @@ class SuperHybridStack(HybridStack):
                                            eps=config.layernorm_epsilon)
 
 
+class LocalMambaInProj(ColumnParallelLinear):
+    """Mamba ``in_proj`` of the local spec: ColumnParallelLinear (same parameters and names) that also
+    answers ``tp_size`` like TE's fused norm+linear. Megatron-Bridge's LoRA checkpointing reads
+    ``in_proj.tp_size`` (``_compute_mamba_dim_info``) and failed on the plain class when saving a LoRA
+    run without TE (found on the GPU machine)."""
+
+    @property
+    def tp_size(self) -> int:
+        return self.tp_group.size()
+
+
 # ---------------------------------------------------------------------- the two specs
 def te_layer_spec() -> ModuleSpec:
     """megatron-core's TE hybrid stack spec (a copy: callers may edit it, e.g. the Mamba chunk size)."""
@@ -242,7 +253,7 @@ def local_layer_spec() -> ModuleSpec:
     mamba = ModuleSpec(module=MambaLayer, submodules=MambaLayerSubmodules(
         norm=LocalNorm,
         mixer=ModuleSpec(module=MambaMixer, submodules=MambaMixerSubmodules(
-            in_proj=ColumnParallelLinear, out_proj=RowParallelLinear)),
+            in_proj=LocalMambaInProj, out_proj=RowParallelLinear)),
         mamba_bda=get_bias_dropout_add))
     attention = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
         input_layernorm=LocalNorm,
