@@ -103,39 +103,71 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
     assert (Path(paths["megatron"]) / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
 
 
-def test_host_reads_the_checkpoint_as_its_own(converted) -> None:
+_HOST_LOAD = """
+import sys, torch
+from nemotron3_super.host_compat import ensure_host_importable, ensure_mamba_ssm_importable
+ensure_host_importable()  # no TE on this machine
+ensure_mamba_ssm_importable()  # CI's mamba-ssm is built without its Mamba-1 CUDA module
+from megatron.bridge.training.model_load_save import load_megatron_model
+from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
+from nemotron3_super.conversion.megatron_io import cpu_current_device
+from nemotron3_super.plugins.host import install_into_host
+
+path, out = sys.argv[1], sys.argv[2]
+from megatron.core.tensor_parallel import random as mp_random
+mp_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)  # on GPUs the host seeds CUDA
+install_into_host()  # our provider's module joins the host's _target_ allow-list
+with cpu_current_device():  # the alltoall dispatcher allocates a CUDA stream at build; same weights
+    state = load_megatron_model(path + "/iter_0000000", return_state_dict=True, use_cpu_init=True,
+                                mp_overrides={"moe_token_dispatcher_type": "allgather"})["model"]
+torch.save({"state": state, "exists": checkpoint_exists(path),
+            "steps": [read_train_state(path + n).step for n in ("/latest_train_state.pt",
+                                                                 "/iter_0000000/train_state.pt")],
+            "run_config": read_run_config(path + "/iter_0000000/run_config.yaml")}, out)
+"""
+
+
+def test_host_reads_the_checkpoint_as_its_own(converted, tmp_path: Path) -> None:
     """Megatron-Bridge's own loader (``load_megatron_model``: run_config.yaml -> provider -> model -> load)
-    rebuilds our provider from the checkpoint and gets the same tensors; its train state reads step 0."""
-    from megatron.bridge.training.model_load_save import load_megatron_model
+    rebuilds our provider from the checkpoint and gets the same tensors; its train state reads step 0.
+    The host side runs in a fresh interpreter: installing into the host is process-wide."""
+    import subprocess
+    import sys
+
     from megatron.bridge.training.state import TrainState
-    from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
 
     from nemotron3_super.conversion.hf_io import HFCheckpoint
-    from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
-                                                        single_process_group)
-    from nemotron3_super.plugins.host import install_into_host
+    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint, single_process_group
 
-    install_into_host()  # our provider's module joins the host's _target_ allow-list
+    import os
+    import socket
+
     path = Path(converted["tiny_super"]["megatron"])
-    assert checkpoint_exists(str(path))
+    with socket.socket() as s:  # a fresh rendezvous port (this process's group may have left MASTER_PORT set)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    proc = subprocess.run([sys.executable, "-c", _HOST_LOAD, str(path), str(tmp_path / "host.pt")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    host = torch.load(tmp_path / "host.pt", weights_only=False)
+    assert host["exists"] and host["steps"] == [0, 0]
     for name in ("latest_train_state.pt", "iter_0000000/train_state.pt"):
         saved = torch.load(path / name, weights_only=True)
         assert {k: (v.dtype, v.item()) for k, v in saved.items()} == {
             k: (v.dtype, v.item()) for k, v in TrainState().state_dict().items()}  # the host's, field for field
-        assert read_train_state(str(path / name)).step == 0
-    run_config = read_run_config(str(path / "iter_0000000" / "run_config.yaml"))
+    run_config = host["run_config"]
     assert run_config["model"]["_target_"] == "nemotron3_super.provider.SuperModelProvider"
     assert run_config["model"]["hybrid_layer_pattern"] == "MEME*ME"
     assert run_config["model"]["use_cpu_initialization"] is False  # a training run's provider, not conversion's
-    with cpu_current_device():  # the alltoall dispatcher allocates a CUDA stream at build; same weights
-        host = load_megatron_model(str(path / "iter_0000000"), return_state_dict=True, use_cpu_init=True,
-                                   mp_overrides={"moe_token_dispatcher_type": "allgather"})["model"]
     with single_process_group():
         ours = build_model(HFCheckpoint(converted["tiny_super"]["hf"]).arch, torch.bfloat16)
         load_checkpoint(ours, path)
     expected = {k: v for k, v in ours.state_dict().items() if not k.endswith("_extra_state")}
-    assert sorted(k for k in host if not k.endswith("_extra_state")) == sorted(expected)
-    assert all(torch.equal(host[k], v) for k, v in expected.items())
+    state = host["state"]
+    assert sorted(k for k in state if not k.endswith("_extra_state")) == sorted(expected)
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
 
 
 def test_cli_roundtrip_from_existing_checkpoint(converted, capsys: pytest.CaptureFixture) -> None:
