@@ -67,11 +67,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.direction == "import":
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device)
+                                            device=args.device, pp=args.pp)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
-                                            device=args.device)
+                                            device=args.device, pp=args.pp)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.render(f"convert {args.direction}"))
     return 0
@@ -131,6 +131,7 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
         p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
+        p.add_argument("--pp", type=int, default=1, help="pipeline parallel size (>1: run under torchrun)")
         p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                        help="where the Megatron model lives: cpu (default, any machine) or cuda (one GPU per "
                             "rank, NCCL; needs the model shard to fit in GPU memory)")

@@ -26,7 +26,7 @@ from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
                                               ShardedWriter)
-from nemotron3_super.conversion.mapping import check_coverage, megatron_tensors, module_of, plan
+from nemotron3_super.conversion.mapping import check_coverage, layer_offset, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
                                                     parallel_group, read_meta, run_provider, save_checkpoint,
                                                     shared_temp_dir)
@@ -98,18 +98,19 @@ def _open_source(hf_model: str | Path) -> HFCheckpoint:
 
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
-                      spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu") -> ConvertReport:
+                      spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu",
+                      pp: int = 1) -> ConvertReport:
     """HF folder -> Megatron torch_dist checkpoint. Every tensor keeps its bits: where the Megatron
     parameter is narrower than the HF tensor (e.g. Nano's FP32 router weight) the HF dtype is kept.
-    ``tp``/``ep`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout."""
+    ``tp``/``ep``/``pp`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout."""
     start = time.perf_counter()
     src = _open_source(hf_model)
     target_path = check_output(megatron_path, overwrite)
     report = ConvertReport(str(hf_model), str(megatron_path))
-    with parallel_group(tp, ep, device), staged_output(target_path) as out, cpu_current_device():
+    with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
         model = build_model(src.arch, _model_dtype(src.config), spec_impl, device)
         tensors = megatron_tensors(model)
-        pairs = plan(tensors, src.arch)
+        pairs = plan(tensors, src.arch, offset=layer_offset(model))
         check_coverage(pairs, src.tensors, str(hf_model))
         for pair in pairs:
             converted = pair.mapping.hf_to_megatron(pair.hf_inputs(src.get), module_of(model, pair.local))
@@ -127,8 +128,8 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
             report.tensors += len(pair.hf)
             report.bytes += sum(src.tensors[h].nbytes for h in pair.hf)
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
-                "tp": tp, "ep": ep, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
-        save_checkpoint(model, out, meta, run_provider(src.arch, _model_dtype(src.config), spec_impl, tp, ep))
+                "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
+        save_checkpoint(model, out, meta, run_provider(src.arch, _model_dtype(src.config), spec_impl, tp, ep, pp))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -146,9 +147,10 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
-                      ep: int = 1, device: str = "cpu") -> ConvertReport:
+                      ep: int = 1, device: str = "cpu", pp: int = 1) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
-    Any ``tp``/``ep`` can read any checkpoint (torch_dist reshards); rank 0 writes the files."""
+    Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
+    TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files."""
     start = time.perf_counter()
     ref, megatron_path = HFCheckpoint(hf_model), Path(megatron_path)
     meta = read_meta(megatron_path)
@@ -157,17 +159,17 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
                               f"{hf_model}/config.json (compare their config.json files)")
     target_path = check_output(hf_path, overwrite)
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
-    with parallel_group(tp, ep, device), staged_output(target_path) as out, cpu_current_device():
+    with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
         model = build_model(ref.arch, dtype, meta.get("spec_impl", "local"), device)
         load_checkpoint(model, megatron_path)
         tensors = megatron_tensors(model)
-        pairs = plan(tensors, ref.arch)
+        pairs = plan(tensors, ref.arch, offset=layer_offset(model))
         check_coverage(pairs, ref.arch.hf_tensor_names(), f"{hf_model}/config.json")
         writer = ShardedWriter(out, **({"shard_bytes": shard_bytes} if shard_bytes else {}))
-        writes = dist.get_rank() == 0  # every rank gathers (collectives), rank 0 writes
+        writes = dist.get_rank() == 0  # every rank runs every mapping (collectives), rank 0 writes
         with torch.no_grad():
-            for pair in pairs:
-                full = pair.mapping.megatron_to_hf(tensors[pair.local], module_of(model, pair.local))
+            for pair, local_tensor, module in _export_slots(model, tensors, pairs, ref.arch):
+                full = pair.mapping.megatron_to_hf(local_tensor, module)
                 for name, t in full.items() if writes else ():
                     writer.add(name, t.to(device="cpu", dtype=_target_dtype(name, ref, meta, dtype)))
                     report.tensors += 1
@@ -181,6 +183,42 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
             (out / "config.json").write_text(json.dumps(ref.arch.to_hf_config_dict(ref.config), indent=2) + "\n")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pairs: list, arch: SuperArchitecture):
+    """(pair, local tensor or None, module or None) for every tensor of the whole model, in the same order
+    on every rank. Without pipeline parallelism these are this rank's pairs. With it, every rank also
+    walks the other stages' tensors with ``None``: the host's mappings then broadcast each tensor from
+    the stage that owns it (and gather TP/EP shards), so rank 0 ends up with every full tensor. A tensor
+    two stages hold (the word embedding, which megatron-core copies onto the MTP stage) is walked once."""
+    from megatron.core import parallel_state
+
+    from nemotron3_super.conversion.mapping import Pair, global_name, registry_for
+
+    stages = parallel_state.get_pipeline_model_parallel_world_size()
+    if stages == 1:
+        for pair in pairs:
+            yield pair, tensors[pair.local], module_of(model, pair.local)
+        return
+    stage, offset = parallel_state.get_pipeline_model_parallel_rank(), layer_offset(model)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (stage, offset, [p.local for p in pairs]))
+    layout = {st: (off, names) for st, off, names in reversed(everyone)}  # per stage: its first rank's list
+    registry, own, seen = registry_for(arch), {p.local: p for p in pairs}, set()
+    for st in range(stages):
+        off, names = layout[st]
+        for local in names:
+            key = global_name(local, arch, off, ep_rank=0)  # the same on every rank: skips the shared copy
+            if key in seen:
+                continue
+            seen.add(key)
+            if st == stage:
+                yield own[local], tensors[local], module_of(model, local)
+            else:
+                name = global_name(local, arch, off)
+                mapping = registry.megatron_to_hf_lookup(name)
+                hf = (mapping.hf_param,) if isinstance(mapping.hf_param, str) else tuple(mapping.hf_param.values())
+                yield Pair(name, mapping, hf, local), None, None
 
 
 def roundtrip(hf_model: str | Path, megatron_load_path: str | Path | None = None,

@@ -62,19 +62,50 @@ def global_expert_name(name: str, ep_rank: int, local_experts: int) -> str:
     return _LOCAL_EXPERT.sub(renumber, name)
 
 
-def plan(names: Iterable[str], arch: SuperArchitecture, pg_collection: Any = None) -> list[Pair]:
-    """One Pair per Megatron name (this rank's); raises on an unmapped name or an HF tensor claimed twice."""
+_DECODER_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+def layer_offset(model: torch.nn.Module) -> int:
+    """Global index of this pipeline stage's first decoder layer (megatron-core numbers layers globally
+    from 1 in ``layer_number``; module names restart at 0 on every stage)."""
+    layers = getattr(getattr(model, "decoder", None), "layers", None)
+    return int(layers[0].layer_number) - 1 if layers is not None and len(layers) else 0
+
+
+def _parallel_ranks() -> tuple[int, int]:
+    """(EP size, EP rank) of this process (1, 0 without a parallel state)."""
     from megatron.core import parallel_state
 
-    ep = parallel_state.get_expert_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
-    ep_rank = parallel_state.get_expert_model_parallel_rank() if ep > 1 else 0
-    local_experts = (arch.n_routed_experts or 0) // ep
-    registry = MegatronMappingRegistry(*super_mappings(arch))
+    if not parallel_state.model_parallel_is_initialized():
+        return 1, 0
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    return ep, parallel_state.get_expert_model_parallel_rank() if ep > 1 else 0
+
+
+def global_name(local: str, arch: SuperArchitecture, offset: int = 0, ep_rank: int | None = None) -> str:
+    """A local Megatron name as the whole model names it: expert numbers across EP ranks (``ep_rank``:
+    default this process's), decoder layers across pipeline stages (``offset``: the stage's first layer)."""
+    ep, own_rank = _parallel_ranks()
+    name = global_expert_name(local, own_rank if ep_rank is None else ep_rank, (arch.n_routed_experts or 0) // ep) \
+        if ep > 1 else local
+    if offset:
+        name = _DECODER_LAYER.sub(lambda m: f"decoder.layers.{int(m.group(1)) + offset}.", name)
+    return name
+
+
+def registry_for(arch: SuperArchitecture) -> MegatronMappingRegistry:
+    return MegatronMappingRegistry(*super_mappings(arch))
+
+
+def plan(names: Iterable[str], arch: SuperArchitecture, pg_collection: Any = None, offset: int = 0) -> list[Pair]:
+    """One Pair per Megatron name (this rank's); raises on an unmapped name or an HF tensor claimed twice.
+    ``offset``: this pipeline stage's first global decoder layer (:func:`layer_offset`)."""
+    registry = registry_for(arch)
     if pg_collection is not None:
         registry.set_process_groups_from_pg_collection(pg_collection)
     pairs, unmapped, owner = [], [], {}
     for local in names:
-        name = global_expert_name(local, ep_rank, local_experts) if ep > 1 else local
+        name = global_name(local, arch, offset)
         mapping = registry.megatron_to_hf_lookup(name)
         if mapping is None:
             unmapped.append(name)

@@ -61,10 +61,10 @@ def _backend(device: str) -> str:
 
 
 @contextlib.contextmanager
-def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu") -> Iterator[None]:
+def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -> Iterator[None]:
     """Process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
-    TP ``tp`` / EP ``ep``, unless the caller (tests, a training job) already made them. ``device`` is
-    where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
+    TP ``tp`` / EP ``ep`` / PP ``pp``, unless the caller (tests, a training job) already made them.
+    ``device`` is where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
     made_group = not dist.is_initialized()
     if made_group:
         if "RANK" not in os.environ:
@@ -78,9 +78,10 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu") -> Iterator[No
         _backend(device)  # raises the clear message
     made_parallel = not parallel_state.model_parallel_is_initialized()
     if made_parallel:
-        if dist.get_world_size() % (tp * ep):
-            raise ValueError(f"world size {dist.get_world_size()} is not a multiple of tp={tp} x ep={ep}")
-        parallel_state.initialize_model_parallel(tp, 1, expert_model_parallel_size=ep)
+        if dist.get_world_size() % (tp * ep * pp):
+            raise ValueError(f"world size {dist.get_world_size()} is not a multiple of tp={tp} x ep={ep} x pp={pp}"
+                             " (start one torchrun process per shard)")
+        parallel_state.initialize_model_parallel(tp, pp, expert_model_parallel_size=ep)
     try:
         yield
     finally:
@@ -134,7 +135,16 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
         tp = parallel_state.get_tensor_model_parallel_world_size()
         overrides = {"tensor_model_parallel_size": tp, "sequence_parallel": tp > 1,  # MoE at TP > 1 needs SP
                      "expert_model_parallel_size": parallel_state.get_expert_model_parallel_world_size(),
+                     "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
                      **overrides}
+    pp, n = overrides.get("pipeline_model_parallel_size", 1), arch.num_hidden_layers
+    if pp > 1 and n % pp and "num_layers_in_first_pipeline_stage" not in overrides:
+        # uneven split: the first stage takes the remainder (conversion names are global either way)
+        overrides["num_layers_in_first_pipeline_stage"] = n - (pp - 1) * (n // pp)
+    if pp > 1 and device == "cpu":
+        # the MTP stage's copy of the word embedding is all-reduced from the first stage at build, through
+        # .cuda(); this flag's one effect on the local spec is to skip that (conversion fills both copies)
+        overrides.setdefault("init_model_with_meta_device", True)
     provider = SuperModelProvider.from_architecture(
         arch, spec_impl=spec_impl, use_cpu_initialization=device == "cpu", perform_initialization=False,
         moe_token_dispatcher_type="allgather",  # alltoall allocates a CUDA stream at build; same weights
@@ -224,14 +234,15 @@ def _write_host_files(path: Path, provider: Any) -> None:
     torch.save(zero, path / "latest_train_state.pt")
 
 
-def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp: int = 1, ep: int = 1) -> Any:
+def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp: int = 1, ep: int = 1,
+                 pp: int = 1) -> Any:
     """The provider a training run of this checkpoint would build (no conversion-only settings), for
     ``run_config.yaml``."""
     from nemotron3_super.provider import SuperModelProvider
 
     return SuperModelProvider.from_architecture(
         arch, spec_impl=spec_impl, tensor_model_parallel_size=tp, expert_model_parallel_size=ep,
-        sequence_parallel=tp > 1, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+        pipeline_model_parallel_size=pp, sequence_parallel=tp > 1, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

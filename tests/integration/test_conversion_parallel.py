@@ -1,5 +1,6 @@
-"""Sharded conversion under torchrun on CPU (2 gloo ranks): import at TP=2 or EP=2, export at another
-layout (torch_dist reshards), every tensor bit-exact against the original."""
+"""Sharded conversion under torchrun on CPU (2 gloo ranks): import at TP=2, EP=2 or PP=2, export at another
+layout (torch_dist reshards), every tensor bit-exact against the original. PP=2 splits tiny Super's 7 layers
+4 + 3, with MTP (and its copy of the word embedding) on the last stage."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_checkpoint(tiny_super(), tmp_path_factory.mktemp("parallel") / "hf")
 
 
-@pytest.mark.parametrize("layout", [("--tp", "2"), ("--ep", "2")], ids=["tp2", "ep2"])
+@pytest.mark.parametrize("layout", [("--tp", "2"), ("--ep", "2"), ("--pp", "2")], ids=["tp2", "ep2", "pp2"])
 def test_sharded_import_exports_bit_exact(tiny_hf: Path, tmp_path: Path, layout: tuple[str, str]) -> None:
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.commands import export_checkpoint
@@ -46,13 +47,14 @@ def test_sharded_import_exports_bit_exact(tiny_hf: Path, tmp_path: Path, layout:
     assert report.ok and report.mtp_tensors == 32, report.render()
 
 
-def test_sharded_export_from_single_process_import(tiny_hf: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", [("--tp", "2"), ("--pp", "2")], ids=["tp2", "pp2"])
+def test_sharded_export_from_single_process_import(tiny_hf: Path, tmp_path: Path, layout: tuple[str, str]) -> None:
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.commands import import_checkpoint
 
     import_checkpoint(tiny_hf, tmp_path / "m")
     torchrun("convert", "export", "--hf-model", str(tiny_hf), "--megatron-path", str(tmp_path / "m"),
-             "--hf-path", str(tmp_path / "hf"), "--tp", "2")
+             "--hf-path", str(tmp_path / "hf"), *layout)
     report = audit(tiny_hf, tmp_path / "hf")
     assert report.ok, report.render()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m"]  # no partial folders left
