@@ -193,7 +193,7 @@ def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pair
     two stages hold (the word embedding, which megatron-core copies onto the MTP stage) is walked once."""
     from megatron.core import parallel_state
 
-    from nemotron3_super.conversion.mapping import Pair, global_name, registry_for
+    from nemotron3_super.conversion.mapping import Pair, global_name, hf_names, registry_for
 
     stages = parallel_state.get_pipeline_model_parallel_world_size()
     if stages == 1:
@@ -217,8 +217,7 @@ def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pair
             else:
                 name = global_name(local, arch, off)
                 mapping = registry.megatron_to_hf_lookup(name)
-                hf = (mapping.hf_param,) if isinstance(mapping.hf_param, str) else tuple(mapping.hf_param.values())
-                yield Pair(name, mapping, hf, local), None, None
+                yield Pair(name, mapping, hf_names(mapping), local), None, None
 
 
 def roundtrip(hf_model: str | Path, megatron_load_path: str | Path | None = None,

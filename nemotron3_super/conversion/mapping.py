@@ -93,6 +93,11 @@ def global_name(local: str, arch: SuperArchitecture, offset: int = 0, ep_rank: i
     return name
 
 
+def hf_names(mapping: MegatronParamMapping) -> tuple[str, ...]:
+    """The HF tensor name(s) of a mapping: one, or the parts of a fused tensor (QKV)."""
+    return (mapping.hf_param,) if isinstance(mapping.hf_param, str) else tuple(mapping.hf_param.values())
+
+
 def registry_for(arch: SuperArchitecture) -> MegatronMappingRegistry:
     return MegatronMappingRegistry(*super_mappings(arch))
 
@@ -110,7 +115,7 @@ def plan(names: Iterable[str], arch: SuperArchitecture, pg_collection: Any = Non
         if mapping is None:
             unmapped.append(name)
             continue
-        hf = (mapping.hf_param,) if isinstance(mapping.hf_param, str) else tuple(mapping.hf_param.values())
+        hf = hf_names(mapping)
         for h in hf:
             if h in owner:
                 raise CheckpointError(f"HF tensor {h!r} is claimed by Megatron {owner[h]!r} and {name!r}")
@@ -172,8 +177,7 @@ def check_host_tasks(bridge: Any, hf_pretrained: Any, megatron_model: Any, tasks
     state = getattr(hf_pretrained, "state", None)
     source = getattr(state, "source", None)
     if source is not None and len(models) == 1:  # single stage: every HF tensor must be used
-        used = {h for t in tasks if t is not None for h in
-                ([t.mapping.hf_param] if isinstance(t.mapping.hf_param, str) else t.mapping.hf_param.values())}
+        used = {h for t in tasks if t is not None for h in hf_names(t.mapping)}
         unused = sorted(set(source.get_all_keys()) - used)
         if unused:
             raise CheckpointError(f"{len(unused)} HF tensor(s) no Megatron tensor uses: {', '.join(unused[:10])}")

@@ -123,6 +123,19 @@ def cpu_current_device() -> Iterator[None]:
         torch.cuda.current_device = original
 
 
+def _provider_fields(arch: SuperArchitecture, dtype: torch.dtype, tp: int = 1, ep: int = 1,
+                     pp: int = 1) -> dict[str, Any]:
+    """Layout and precision of a provider at TP/EP/PP (the conversion model and ``run_config.yaml``'s).
+    MoE at TP > 1 needs sequence parallelism; an uneven pipeline split gives the first stage the remainder."""
+    fields = {"tensor_model_parallel_size": tp, "sequence_parallel": tp > 1, "expert_model_parallel_size": ep,
+              "pipeline_model_parallel_size": pp, "params_dtype": dtype, "bf16": dtype == torch.bfloat16,
+              "fp16": dtype == torch.float16}
+    n = arch.num_hidden_layers
+    if pp > 1 and n % pp:
+        fields["num_layers_in_first_pipeline_stage"] = n - (pp - 1) * (n // pp)
+    return fields
+
+
 def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "local", device: str = "cpu",
                 **overrides: Any) -> torch.nn.Module:
     """The provider's HybridModel on ``device`` ("cpu", or "cuda": this rank's current GPU) with
@@ -131,24 +144,19 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
 
     from nemotron3_super.provider import SuperModelProvider
 
-    if parallel_state.model_parallel_is_initialized():  # shard as the parallel state says
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        overrides = {"tensor_model_parallel_size": tp, "sequence_parallel": tp > 1,  # MoE at TP > 1 needs SP
-                     "expert_model_parallel_size": parallel_state.get_expert_model_parallel_world_size(),
-                     "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
-                     **overrides}
-    pp, n = overrides.get("pipeline_model_parallel_size", 1), arch.num_hidden_layers
-    if pp > 1 and n % pp and "num_layers_in_first_pipeline_stage" not in overrides:
-        # uneven split: the first stage takes the remainder (conversion names are global either way)
-        overrides["num_layers_in_first_pipeline_stage"] = n - (pp - 1) * (n // pp)
-    if pp > 1 and device == "cpu":
+    sizes = (parallel_state.get_tensor_model_parallel_world_size(),  # shard as the parallel state says
+             parallel_state.get_expert_model_parallel_world_size(),
+             parallel_state.get_pipeline_model_parallel_world_size()
+             ) if parallel_state.model_parallel_is_initialized() else ()
+    overrides = {**_provider_fields(arch, dtype, *sizes), **overrides}
+    if overrides.get("pipeline_model_parallel_size", 1) > 1 and device == "cpu":
         # the MTP stage's copy of the word embedding is all-reduced from the first stage at build, through
         # .cuda(); this flag's one effect on the local spec is to skip that (conversion fills both copies)
         overrides.setdefault("init_model_with_meta_device", True)
     provider = SuperModelProvider.from_architecture(
         arch, spec_impl=spec_impl, use_cpu_initialization=device == "cpu", perform_initialization=False,
         moe_token_dispatcher_type="allgather",  # alltoall allocates a CUDA stream at build; same weights
-        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, **overrides)
+        **overrides)
     provider.finalize()
     # nothing is initialised randomly here: megatron's inference tracker makes its RNG fork() a no-op (CPU or GPU)
     mp_random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
@@ -240,9 +248,7 @@ def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp
     ``run_config.yaml``."""
     from nemotron3_super.provider import SuperModelProvider
 
-    return SuperModelProvider.from_architecture(
-        arch, spec_impl=spec_impl, tensor_model_parallel_size=tp, expert_model_parallel_size=ep,
-        pipeline_model_parallel_size=pp, sequence_parallel=tp > 1, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+    return SuperModelProvider.from_architecture(arch, spec_impl=spec_impl, **_provider_fields(arch, dtype, tp, ep, pp))
 
 
 def read_meta(path: Path) -> dict[str, Any]:

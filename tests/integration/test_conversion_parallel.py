@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow  # needs mamba-ssm (installed by .ci/env.sh): megatron-core's MambaMixer needs it to build
 
@@ -42,6 +43,12 @@ def test_sharded_import_exports_bit_exact(tiny_hf: Path, tmp_path: Path, layout:
     out = torchrun("convert", "import", "--hf-model", str(tiny_hf), "--megatron-path", str(tmp_path / "m"), *layout)
     assert out.count("convert import:") == 1  # rank 0 reports
     assert len(list((tmp_path / "m" / "iter_0000000").glob("__*_0.distcp"))) == 2  # one file per rank
+    model = yaml.safe_load((tmp_path / "m" / "iter_0000000" / "run_config.yaml").read_text())["model"]
+    layout_fields = {"--tp": "tensor_model_parallel_size", "--ep": "expert_model_parallel_size",
+                     "--pp": "pipeline_model_parallel_size"}
+    assert model[layout_fields[layout[0]]] == 2
+    if layout[0] == "--pp":  # 7 layers over 2 stages, as the conversion model was split
+        assert model["num_layers_in_first_pipeline_stage"] == 4
     export_checkpoint(tiny_hf, tmp_path / "m", tmp_path / "hf")  # single process, TP=EP=1
     report = audit(tiny_hf, tmp_path / "hf")
     assert report.ok and report.mtp_tensors == 32, report.render()

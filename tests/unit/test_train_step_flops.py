@@ -39,8 +39,8 @@ ts = _train_step()
 @pytest.fixture(scope="module")
 def measured() -> dict:
     """FLOPs per token of each HF module, from one executed forward of the tiny model."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers  # declared dependencies: a missing one is a broken setup, not a skip
     from torch.utils.flop_counter import FlopCounterMode
 
     arch = tiny_super()
