@@ -1,6 +1,7 @@
 """Training-step throughput on one GPU: this library's Super model vs the host's built-in Nemotron-H path.
 
     source .whl/prelude.sh; python3 benchmarks/train_step.py --json $OUT/train_step.json --profile
+    PYTHONPATH=/tmp/ccsite:$PYTHONPATH python3 benchmarks/train_step.py --mamba-path all --profile
     /tmp/v312/bin/python benchmarks/train_step.py --build-only --hidden 256 --vocab 1024 --experts 8 --topk 2
 
 One process builds a scaled-down Super-shaped model (default: hidden 2048, pattern ``MEM*EMEME`` = Super's
@@ -14,6 +15,15 @@ One process builds a scaled-down Super-shaped model (default: hidden 2048, patte
   asserts TE for the latent projections; no spec hook for the last two). The script tries the host path
   from "as shipped" towards the closest model it does build, records every error, then benchmarks that
   model and ours at the same shape (the apples-to-apples ratio) plus ours at the full latent shape.
+
+Mamba paths (``--mamba-path``, column "mamba path"): ``fallback`` = megatron-core's unfused mixer with
+``nn.Conv1d``, ``split`` = the same with causal-conv1d's CUDA conv, ``mem_eff`` = the fused
+``mamba_split_conv1d_scan_combined``. The last two need causal-conv1d's CUDA extension; build it for the
+visible GPU with ``benchmarks/build_causal_conv1d.py`` and put its folder on PYTHONPATH. Rows are timed for
+each path in turn; the host ratio compares rows on the same path. After each path's rows, the host model
+and ours at the same shape are held together and timed in interleaved rounds (``--no-paired`` skips it):
+the step is launch-bound, so its time follows the load on the machine's CPUs, and the median over rounds
+of host ms / ours ms is the ratio to read; the ratio of two sequential medians drifts with that load.
 
 Each row: median of ``--steps`` (20) timed steps after ``--warmup`` (3); a step is forward + backward +
 ``torch.optim.AdamW`` step on one fixed random batch, bf16 weights (``.cuda().bfloat16()``, as
@@ -544,6 +554,43 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, cuda: bool) -> 
             "loss_finite": all(math.isfinite(v) for v in values)}
 
 
+def paired_summary(host_ms: list[float], ours_ms: list[float]) -> dict[str, Any]:
+    """Interleaved rounds: each round times one host step and one of ours back to back, so load that drifts
+    over seconds (a shared host's CPUs; the steps are launch-bound) hits both alike. The per-round ratio
+    host_ms / ours_ms (> 1: ours faster) and its median are robust to that drift; a ratio of two medians
+    taken a minute apart is not."""
+    if len(host_ms) != len(ours_ms) or not host_ms:
+        raise ValueError(f"paired timing needs equally many host and ours steps, got {len(host_ms)} and {len(ours_ms)}")
+    ratios = sorted(h / o for h, o in zip(host_ms, ours_ms))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"rounds": len(ratios), "host_ms_median": statistics.median(host_ms),
+            "ours_ms_median": statistics.median(ours_ms), "ratio_median": statistics.median(ratios),
+            "ratio_q1": quartiles[0], "ratio_q3": quartiles[2],
+            "rounds_ours_faster": sum(r > 1 for r in ratios), "host_ms": host_ms, "ours_ms": ours_ms}
+
+
+def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """CUDA-event milliseconds per step for each model, alternating the order every round (ABBA) so neither
+    model always runs first."""
+    import torch
+
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    torch.cuda.synchronize()
+    names = list(steps)
+    events: dict[str, list[tuple[Any, Any]]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            steps[name]()
+            end.record()
+            events[name].append((start, end))
+    torch.cuda.synchronize()
+    return {n: [s.elapsed_time(e) for s, e in ev] for n, ev in events.items()}
+
+
 def profile_step(step: Callable[[], Any], top: int = TOP_KERNELS) -> dict[str, Any]:
     """One more step under torch.profiler (CUDA activity): the ``top`` kernels by total GPU time."""
     import torch
@@ -573,6 +620,15 @@ class RowPlan:
     arch: SuperArchitecture
 
 
+# --mamba-path values: what megatron-core's MambaMixer runs per Mamba layer
+MAMBA_PATHS = {
+    "fallback": "use_mamba_mem_eff_path=False, conv forced to nn.Conv1d (runs without causal-conv1d)",
+    "split": "use_mamba_mem_eff_path=False with causal-conv1d's CUDA conv (needs causal-conv1d)",
+    "mem_eff": "use_mamba_mem_eff_path=True: conv, SSD scan, gating and out-norm fused (needs causal-conv1d)",
+}
+PATH_SETS = {"both": ["fallback", "mem_eff"], "all": ["fallback", "split", "mem_eff"]}
+
+
 def mamba_kernels(mem_eff: bool) -> str:
     """Which Mamba kernels a row runs (megatron-core's MambaMixer picks them at import / per flag)."""
     if mem_eff:
@@ -581,6 +637,23 @@ def mamba_kernels(mem_eff: bool) -> str:
 
     conv = "nn.Conv1d" if mamba_mixer.causal_conv1d_fn is None else "causal_conv1d_fn"
     return f"{conv} + Triton mamba_chunk_scan_combined"
+
+
+@contextlib.contextmanager
+def mamba_path_kernels(path: str) -> Iterator[None]:
+    """``fallback`` hides causal-conv1d from the mixer (it reads the module global at every forward), so the
+    row runs ``nn.Conv1d`` whether or not causal-conv1d is installed; ``split`` requires it."""
+    from megatron.core.ssm import mamba_mixer
+
+    saved = mamba_mixer.causal_conv1d_fn
+    if path == "split" and saved is None:
+        raise RuntimeError("--mamba-path split needs causal-conv1d, which megatron-core's mamba_mixer did not import")
+    if path == "fallback":
+        mamba_mixer.causal_conv1d_fn = None
+    try:
+        yield
+    finally:
+        mamba_mixer.causal_conv1d_fn = saved
 
 
 def mem_eff_unavailable() -> str | None:
@@ -611,8 +684,10 @@ def run_row(row: RowPlan, path: str, run: Run, host: HostPlan | None, args: argp
                            "flops_per_token": model_flops_per_token(row.arch, args.seq, depths),
                            "forward_flops_per_token": forward_flops_per_token(row.arch, args.seq, depths)}
     model = optimizer = step = None
+    stack = contextlib.ExitStack()
     try:
         free_cuda()
+        stack.enter_context(mamba_path_kernels(path))
         _, model = build_row(row, run, host, mem_eff)
         out["mamba_kernels"] = mamba_kernels(mem_eff)
         out["params"] = sum(p.numel() for p in model.parameters())
@@ -628,9 +703,33 @@ def run_row(row: RowPlan, path: str, run: Run, host: HostPlan | None, args: argp
     except Exception as exc:  # noqa: BLE001 - one failing row (OOM, kernel error) must not hide the others
         out.update(**error_record(exc), trace=traceback.format_exc(limit=-6))
     finally:
+        stack.close()
         del model, optimizer, step
         free_cuda()
     return out
+
+
+def run_paired(host_row: RowPlan, ours_row: RowPlan, path: str, run: Run, host: HostPlan,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Both same-shape models in memory at once, timed in interleaved rounds (see ``paired_summary``)."""
+
+    def measure() -> dict[str, Any]:  # every model reference dies with this frame, before free_cuda()
+        batch = random_batch(host_row.arch.vocab_size, args.micro_batch, args.seq, run.seed, "cuda")
+        steps = {}
+        for row in (host_row, ours_row):
+            _, model = build_row(row, run, host, path == "mem_eff")
+            steps[row.impl] = training_step(model, make_adamw(model.parameters(), args.lr), batch)
+        times = time_interleaved(steps, args.steps, args.warmup)
+        return paired_summary(times["host"], times["ours"])
+
+    free_cuda()
+    try:
+        with mamba_path_kernels(path):
+            return measure()
+    except Exception as exc:  # noqa: BLE001 - e.g. both models do not fit: the sequential rows still stand
+        return {**error_record(exc), "trace": traceback.format_exc(limit=-6)}
+    finally:
+        free_cuda()
 
 
 # ---------------------------------------------------------------------- output
@@ -648,20 +747,52 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["ratio_same_shape"] = r["shape_config"] == host["shape_config"]
 
 
+def iqr(values: list[float]) -> str:
+    """Interquartile range of step times, e.g. "288-435" (ms): how much a shared host's load moved them."""
+    if len(values) < 2:
+        return "—"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.0f}-{q3:.0f}"
+
+
+def paired_cell(paired: dict[str, Any] | None) -> str:
+    if paired is None:
+        return "—"
+    if "error" in paired:
+        return f"failed: {paired['error'][:60]}"
+    return f"{paired['ratio_median']:.3f} ({paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f})"
+
+
+def path_agreement(rows: list[dict[str, Any]]) -> list[str]:
+    """Same model, same seed, same batch on each Mamba path: the first timed step's loss (after the warm-up
+    updates) must agree to bf16 rounding, or a path computes something else."""
+    lines = []
+    for impl, shape in dict.fromkeys((r["impl"], r["shape"]) for r in rows):
+        losses = {r["mamba_path"]: r["loss_first"] for r in rows
+                  if (r["impl"], r["shape"]) == (impl, shape) and "loss_first" in r}
+        if len(losses) < 2:
+            continue
+        ref = next(iter(losses.values()))
+        spread = max(abs(v - ref) for v in losses.values()) / abs(ref)
+        lines.append(f"loss after warm-up, {impl} @ {shape}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                     + f" (largest relative difference {spread:.1e})")
+    return lines
+
+
 def markdown_table(rows: list[dict[str, Any]], host_differences: list[str]) -> str:
-    head = ("| impl | shape | mamba path | params (B) | step ms (median) | tokens/s | TFLOP/s | peak GiB "
-            "| ratio vs host (tokens/s ours / host) |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| impl | shape | mamba path | params (B) | step ms (median (IQR)) | tokens/s | TFLOP/s | peak GiB "
+            "| ratio vs host (tokens/s ours / host) | paired ratio (interleaved, IQR) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | failed: {r['error'][:100]} "
-                         "| | | | | |")
+                         "| | | | | | |")
             continue
         ratio = r.get("ratio_vs_host")
         ratio_s = "—" if ratio is None else f"{ratio:.3f}" if r["ratio_same_shape"] else f"({ratio:.3f})†"
         lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | {r['params'] / 1e9:.3f} "
-                     f"| {r['step_ms_median']:.1f} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} "
-                     f"| {fmt(r['peak_gib'], '.2f')} | {ratio_s} |")
+                     f"| {r['step_ms_median']:.1f} ({iqr(r['step_ms'])}) | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} "
+                     f"| {fmt(r['peak_gib'], '.2f')} | {ratio_s} | {paired_cell(r.get('paired'))} |")
     if any(r["shape"] == "host-buildable" for r in rows):
         lines.append("\nhost-buildable shape = the full shape with " + "; ".join(host_differences) + ".")
     if any(r.get("ratio_vs_host") is not None and not r["ratio_same_shape"] for r in rows):
@@ -768,6 +899,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
               full: SuperArchitecture, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every (row, Mamba path); print the table and, with --profile, the top kernels."""
     rows = []
+    pair = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours at the same shape
     for path in paths:
         for row in rows_plan:
             print(f"\n[{row.impl} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
@@ -778,8 +910,19 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
             else:
                 print(f"  {result['mamba_kernels']}; median {result['step_ms_median']:.1f} ms, loss "
                       f"{result['loss_first']:.3f} -> {result['loss_last']:.3f}")
+        if args.paired and host and len(pair) == 2 and not any("error" in r for r in rows[-len(rows_plan):]):
+            print(f"\n[host vs ours @ host-buildable, mamba {path}] interleaved rounds ...", flush=True)
+            paired = run_paired(pair[0], pair[1], path, run, host, args)
+            next(r for r in rows[-len(rows_plan):] if r["impl"] == "ours" and r["shape"] == "host-buildable"
+                 )["paired"] = paired
+            print(f"  FAILED: {paired['error']}" if "error" in paired else
+                  f"  per-round ratio host/ours median {paired['ratio_median']:.3f} "
+                  f"(IQR {paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}; ours faster in "
+                  f"{paired['rounds_ours_faster']} of {paired['rounds']} rounds)")
     add_ratios(rows)
     print("\n" + markdown_table(rows, host.differences(full) if host else []))
+    for line in path_agreement(rows):
+        print(line)
     for r in rows:
         if "profile" not in r:
             continue
@@ -798,9 +941,10 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", choices=("ours", "host", "both"), default="both")
-    p.add_argument("--mamba-path", choices=("fallback", "mem_eff", "both"), default=None,
-                   help="fallback: use_mamba_mem_eff_path=False (no causal-conv1d needed); mem_eff: the fused "
-                        "path (needs causal-conv1d). Default: both when causal_conv1d imports, else fallback")
+    p.add_argument("--mamba-path", choices=(*MAMBA_PATHS, *PATH_SETS), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in MAMBA_PATHS.items())
+                   + "; both: fallback + mem_eff; all: the three. Default: all when causal-conv1d imports, "
+                     "else fallback (build it: benchmarks/build_causal_conv1d.py)")
     p.add_argument("--hidden", type=int, default=2048, help="hidden size; every width keeps Super's ratio")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="backbone layer pattern (M, E, *, -)")
     p.add_argument("--mtp-pattern", default="*E", help="MTP block pattern, as Super ('' = no MTP)")
@@ -818,6 +962,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--profile", action="store_true", help="profile one step of our full-shape model")
+    p.add_argument("--no-paired", dest="paired", action="store_false",
+                   help="skip the interleaved host-vs-ours rounds (they hold both same-shape models at once)")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     p.add_argument("--build-only", action="store_true",
                    help="build the models (CPU allowed: gloo, CPU init), print params and what the host builds")
@@ -845,13 +991,14 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("CPU build: dispatcher allgather (alltoall allocates a CUDA stream at build; same weights)")
     reason = mem_eff_unavailable()
     if args.mamba_path is None:
-        args.mamba_path = "both" if reason is None else "fallback"
+        args.mamba_path = "all" if reason is None else "fallback"
         if reason:
             print(f"mamba path: fallback only, because {reason}")
     elif args.mamba_path != "fallback" and reason and not args.build_only:
-        print(f"--mamba-path {args.mamba_path} needs the memory-efficient path, but {reason}", file=sys.stderr)
+        print(f"--mamba-path {args.mamba_path} needs causal-conv1d's CUDA kernels, but {reason} (build them: "
+              "benchmarks/build_causal_conv1d.py)", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    paths = ["fallback", "mem_eff"] if args.mamba_path == "both" else [args.mamba_path]
+    paths = PATH_SETS.get(args.mamba_path, [args.mamba_path])
     if args.steps < 20 and not args.build_only:
         notes.append(f"only {args.steps} timed steps (the benchmark's standard is >= 20)")
 

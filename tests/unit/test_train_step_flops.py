@@ -13,27 +13,16 @@ matmul parameters from ``SuperArchitecture.param_counts`` (an independent parame
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import load
 
 from nemotron3_super.architecture import super_120b_a12b, tiny_super
 
 SEQ = 64  # shorter than the 128-token SSD chunk: one chunk of 64
 
 
-def _train_step():  # the benchmark script is not in a package: load it by path
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ts = _train_step()
+ts = load("train_step")
 
 
 @pytest.fixture(scope="module")
