@@ -2,7 +2,7 @@
 
     source .whl/prelude.sh; python3 -m pytest tests/gpu/test_conversion_gpu.py -q -s
 
-The sharded tests need two GPUs (the nvidia-h200-x2 machine): ``convert import`` at TP=2 and at EP=2 under
+The sharded tests need two GPUs (the nvidia-h200-x2 machine): ``convert import`` at TP=2, EP=2 and PP=2 under
 torchrun with ``--device cuda`` (the shards live on the GPUs, NCCL), export back at the other layout, every
 tensor bit-exact; then the TP=2 checkpoint is compared against transformers on one GPU.
 
@@ -54,8 +54,9 @@ def _torchrun(*cli_args: str) -> str:
 
 
 @two_gpus
-@pytest.mark.parametrize(("imported", "exported"), [(("--tp", "2"), ("--ep", "2")), (("--ep", "2"), ("--tp", "2"))],
-                         ids=["import-tp2-export-ep2", "import-ep2-export-tp2"])
+@pytest.mark.parametrize(("imported", "exported"), [(("--tp", "2"), ("--ep", "2")), (("--ep", "2"), ("--tp", "2")),
+                                                    (("--pp", "2"), ("--ep", "2"))],
+                         ids=["import-tp2-export-ep2", "import-ep2-export-tp2", "import-pp2-export-ep2"])
 def test_two_gpu_import_export_bit_exact(converted, tmp_path: Path, imported, exported) -> None:
     from nemotron3_super.conversion.audit import audit
 
