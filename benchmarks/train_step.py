@@ -3,6 +3,7 @@
     source .whl/prelude.sh; python3 benchmarks/train_step.py --json $OUT/train_step.json --profile
     PYTHONPATH=/tmp/ccsite:$PYTHONPATH python3 benchmarks/train_step.py --mamba-path all --profile
     /tmp/v312/bin/python benchmarks/train_step.py --build-only --hidden 256 --vocab 1024 --experts 8 --topk 2
+    python benchmarks/train_step.py --cpu-smoke --hidden 256 --pattern '*E-' --experts 4 --vocab 256 --seq 32 --steps 3
 
 One process builds a scaled-down Super-shaped model (default: hidden 2048, pattern ``MEM*EMEME`` = Super's
 ``MEM*E``/``ME`` rhythm with all three kinds, 32 routed experts top-4, LatentMoE at hidden/4 as Super's
@@ -265,6 +266,10 @@ class Run:
     cuda: bool
     seed: int
 
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
 
 def ours_provider(arch: SuperArchitecture, run: Run, mem_eff: bool, init: bool = True) -> Any:
     """This library's provider, TE-free local spec (it turns the TE/apex-only fusions off itself)."""
@@ -499,23 +504,26 @@ def make_adamw(params: Any, lr: float) -> Any:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
 
-def random_batch(vocab: int, micro_batch: int, seq: int, seed: int, device: str) -> tuple[Any, Any, Any]:
-    """One fixed batch of random tokens; labels are the next tokens."""
+def random_batch(vocab: int, micro_batch: int, seq: int, seed: int, device: str) -> tuple[Any, Any, Any, Any]:
+    """One fixed batch of random tokens; labels are the next tokens. The attention mask is None (megatron
+    makes the causal one) except on CPU, where megatron-core would make it on "cuda": there it is explicit
+    (True = masked, [1, 1, s, s])."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (micro_batch, seq + 1), generator=gen).to(device)
     positions = torch.arange(seq, device=device).expand(micro_batch, seq)
-    return tokens[:, :-1].contiguous(), positions, tokens[:, 1:].contiguous()
+    mask = None if device == "cuda" else torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(diagonal=1)
+    return tokens[:, :-1].contiguous(), positions, tokens[:, 1:].contiguous(), mask
 
 
 def training_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any]) -> Callable[[], Any]:
     """forward (per-token loss; MoE aux and MTP losses join in backward) + backward + optimizer step."""
-    tokens, positions, labels = batch
+    tokens, positions, labels, mask = batch
 
     def step() -> Any:
         optimizer.zero_grad(set_to_none=True)
-        loss = model(tokens, positions, None, labels=labels).float().mean()
+        loss = model(tokens, positions, mask, labels=labels).float().mean()
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -561,7 +569,7 @@ def paired_summary(host_ms: list[float], ours_ms: list[float]) -> dict[str, Any]
     taken a minute apart is not."""
     if len(host_ms) != len(ours_ms) or not host_ms:
         raise ValueError(f"paired timing needs equally many host and ours steps, got {len(host_ms)} and {len(ours_ms)}")
-    ratios = sorted(h / o for h, o in zip(host_ms, ours_ms))
+    ratios = sorted(h / o for h, o in zip(host_ms, ours_ms, strict=True))
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"rounds": len(ratios), "host_ms_median": statistics.median(host_ms),
             "ours_ms_median": statistics.median(ours_ms), "ratio_median": statistics.median(ratios),
@@ -569,26 +577,35 @@ def paired_summary(host_ms: list[float], ours_ms: list[float]) -> dict[str, Any]
             "rounds_ours_faster": sum(r > 1 for r in ratios), "host_ms": host_ms, "ours_ms": ours_ms}
 
 
-def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """CUDA-event milliseconds per step for each model, alternating the order every round (ABBA) so neither
-    model always runs first."""
+def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int,
+                     cuda: bool = True) -> dict[str, list[float]]:
+    """Milliseconds per step for each model (CUDA events; wall clock on CPU, smoke tests only), alternating
+    the order every round (ABBA) so neither model always runs first."""
     import torch
 
     for _ in range(warmup):
         for step in steps.values():
             step()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     names = list(steps)
-    events: dict[str, list[tuple[Any, Any]]] = {n: [] for n in names}
+    marks: dict[str, list[tuple[Any, Any]]] = {n: [] for n in names}
     for i in range(rounds):
         for name in names if i % 2 == 0 else names[::-1]:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            steps[name]()
-            end.record()
-            events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {n: [s.elapsed_time(e) for s, e in ev] for n, ev in events.items()}
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                steps[name]()
+                end.record()
+            else:
+                start = time.perf_counter()
+                steps[name]()
+                end = time.perf_counter()
+            marks[name].append((start, end))
+    if cuda:
+        torch.cuda.synchronize()
+        return {n: [s.elapsed_time(e) for s, e in m] for n, m in marks.items()}
+    return {n: [(e - s) * 1e3 for s, e in m] for n, m in marks.items()}
 
 
 def profile_step(step: Callable[[], Any], top: int = TOP_KERNELS) -> dict[str, Any]:
@@ -688,17 +705,19 @@ def run_row(row: RowPlan, path: str, run: Run, host: HostPlan | None, args: argp
     try:
         free_cuda()
         stack.enter_context(mamba_path_kernels(path))
+        stack.enter_context(build_device(run.cuda))  # CPU smoke: megatron's cuda.current_device() buffers
         _, model = build_row(row, run, host, mem_eff)
-        out["mamba_kernels"] = mamba_kernels(mem_eff)
+        out["mamba_kernels"] = (mamba_kernels(mem_eff) if "M" in row.arch.hybrid_override_pattern
+                                else "no Mamba layers")
         out["params"] = sum(p.numel() for p in model.parameters())
         optimizer = make_adamw(model.parameters(), args.lr)
         out["optimizer"] = f"torch.optim.AdamW(fused={optimizer.defaults.get('fused')})"
-        batch = random_batch(row.arch.vocab_size, args.micro_batch, args.seq, run.seed, "cuda")
+        batch = random_batch(row.arch.vocab_size, args.micro_batch, args.seq, run.seed, run.device)
         step = training_step(model, optimizer, batch)
-        out.update(time_steps(step, args.steps, args.warmup, cuda=True))
+        out.update(time_steps(step, args.steps, args.warmup, cuda=run.cuda))
         tokens_per_s = args.micro_batch * args.seq / (out["step_ms_median"] / 1e3)
         out.update(tokens_per_s=tokens_per_s, tflops=out["flops_per_token"] * tokens_per_s / 1e12)
-        if args.profile and row.impl == "ours" and row.shape == "full":
+        if args.profile and run.cuda and row.impl == "ours" and row.shape == "full":
             out["profile"] = profile_step(step)
     except Exception as exc:  # noqa: BLE001 - one failing row (OOM, kernel error) must not hide the others
         out.update(**error_record(exc), trace=traceback.format_exc(limit=-6))
@@ -714,17 +733,17 @@ def run_paired(host_row: RowPlan, ours_row: RowPlan, path: str, run: Run, host: 
     """Both same-shape models in memory at once, timed in interleaved rounds (see ``paired_summary``)."""
 
     def measure() -> dict[str, Any]:  # every model reference dies with this frame, before free_cuda()
-        batch = random_batch(host_row.arch.vocab_size, args.micro_batch, args.seq, run.seed, "cuda")
+        batch = random_batch(host_row.arch.vocab_size, args.micro_batch, args.seq, run.seed, run.device)
         steps = {}
         for row in (host_row, ours_row):
             _, model = build_row(row, run, host, path == "mem_eff")
             steps[row.impl] = training_step(model, make_adamw(model.parameters(), args.lr), batch)
-        times = time_interleaved(steps, args.steps, args.warmup)
+        times = time_interleaved(steps, args.steps, args.warmup, run.cuda)
         return paired_summary(times["host"], times["ours"])
 
     free_cuda()
     try:
-        with mamba_path_kernels(path):
+        with mamba_path_kernels(path), build_device(run.cuda):
             return measure()
     except Exception as exc:  # noqa: BLE001 - e.g. both models do not fit: the sequential rows still stand
         return {**error_record(exc), "trace": traceback.format_exc(limit=-6)}
@@ -967,6 +986,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     p.add_argument("--build-only", action="store_true",
                    help="build the models (CPU allowed: gloo, CPU init), print params and what the host builds")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="no GPU: run every step of the script on CPU with wall clocks (tiny shapes without "
+                        "Mamba layers, whose scan is Triton-only); checks the script, measures nothing")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
@@ -980,9 +1002,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    if not cuda and not args.build_only:
+    if not cuda and not (args.build_only or args.cpu_smoke):
         print("train_step.py: no CUDA device visible to torch; this benchmark needs one GPU. "
-              "(--build-only builds the models on CPU.)", file=sys.stderr)
+              "(--build-only builds the models on CPU; --cpu-smoke runs the whole script on CPU.)", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if args.cpu_smoke and cuda:
+        print("train_step.py: --cpu-smoke is for machines without a GPU; drop it to benchmark", file=sys.stderr)
         return EXIT_CANNOT_RUN
     notes = []
     dispatcher = args.dispatcher
@@ -1001,11 +1026,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = PATH_SETS.get(args.mamba_path, [args.mamba_path])
     if args.steps < 20 and not args.build_only:
         notes.append(f"only {args.steps} timed steps (the benchmark's standard is >= 20)")
+    if args.cpu_smoke:
+        notes.append("--cpu-smoke: CPU wall-clock times of a script check, not a measurement")
 
     full = bench_arch(args.hidden, args.pattern, args.mtp_pattern, args.experts, args.topk, args.latent,
                       args.vocab, args.seq)
     run = Run(mtp_depths=args.mtp_depths, dispatcher=dispatcher, cuda=cuda, seed=args.seed)
-    print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU (build only)'}")
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU (smoke run)' if args.cpu_smoke else 'CPU (build only)'}")
     print("shape: " + json.dumps(shape_summary(full, run.mtp_depths)))
     print(f"sequence {args.seq} x micro-batch {args.micro_batch}, bf16, {args.warmup} warm-up + {args.steps} timed "
           f"steps, torch.optim.AdamW, dispatcher {dispatcher}, mamba path(s) {', '.join(paths)}")

@@ -1,0 +1,72 @@
+"""benchmarks/train_step.py end to end on CPU (``--cpu-smoke``): host probe, every row, the interleaved
+paired rounds, the table and the JSON, on real megatron-core models of both implementations.
+
+The GPU is where it measures; this catches a broken script before a device call is spent on it. No Mamba
+layer here: megatron-core's SSD scan is Triton-only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+HIDDEN = 256
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("train_step") / "report.json"
+    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--hidden", str(HIDDEN), "--pattern", "*E-",
+           "--experts", "4", "--topk", "2", "--vocab", "256", "--seq", "32", "--steps", "3", "--warmup", "1",
+           "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_every_row_trains_and_is_reported(smoke: tuple[dict, str]) -> None:
+    report, stdout = smoke
+    rows = {(r["impl"], r["shape"]): r for r in report["rows"]}
+    assert set(rows) == {("host", "host-buildable"), ("ours", "host-buildable"), ("ours", "full")}
+    for row in rows.values():
+        assert "error" not in row, row.get("trace")
+        assert row["mamba_path"] == "fallback" and row["mamba_kernels"] == "no Mamba layers"
+        assert row["loss_finite"] and len(row["step_ms"]) == 3
+        assert row["tokens_per_s"] > 0 and row["tflops"] > 0
+    assert "| host | host-buildable | fallback |" in stdout and "wrote " in stdout
+    assert any("--cpu-smoke" in note for note in report["notes"])
+
+
+def test_same_shape_rows_differ_only_by_our_final_norm(smoke: tuple[dict, str]) -> None:
+    """The host cannot build the final norm without TE; everything else at that shape has the same size."""
+    rows = {(r["impl"], r["shape"]): r for r in smoke[0]["rows"]}
+    host, ours = rows["host", "host-buildable"], rows["ours", "host-buildable"]
+    assert ours["params"] - host["params"] == HIDDEN
+    assert ours["flops_per_token"] == host["flops_per_token"]
+    assert ours["ratio_same_shape"] and rows["ours", "full"]["ratio_same_shape"] is False
+
+
+def test_paired_rounds_ran_on_both_models(smoke: tuple[dict, str]) -> None:
+    report, stdout = smoke
+    paired = next(r for r in report["rows"] if r["impl"] == "ours" and r["shape"] == "host-buildable")["paired"]
+    assert "error" not in paired, paired.get("trace")
+    assert paired["rounds"] == 3 and len(paired["host_ms"]) == len(paired["ours_ms"]) == 3
+    ratios = sorted(h / o for h, o in zip(paired["host_ms"], paired["ours_ms"], strict=True))
+    assert math.isclose(paired["ratio_median"], ratios[1])
+    assert "interleaved rounds" in stdout
+
+
+def test_without_a_gpu_the_script_refuses_unless_asked_for_a_smoke_run(tmp_path: Path) -> None:
+    """Without --cpu-smoke or --build-only a CPU machine gets a clear refusal, not CPU numbers."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert "no CUDA device visible to torch" in result.stderr and "--cpu-smoke" in result.stderr
