@@ -71,7 +71,6 @@ import logging
 import math
 import os
 import shlex
-import socket
 import statistics
 import sys
 import time
@@ -190,14 +189,11 @@ def init_parallel(cuda: bool) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from nemotron3_super.conversion.megatron_io import init_process_group
+
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    init_process_group("nccl" if cuda else "gloo")
     if dist.get_world_size() != 1:
         raise SystemExit("train_step.py is a one-GPU benchmark: run it without torchrun")
     parallel_state.initialize_model_parallel(1, 1, expert_model_parallel_size=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -18,17 +17,13 @@ def process_group():
     import torch
     import torch.distributed as dist
 
+    from nemotron3_super.conversion.megatron_io import init_process_group
+
     created = not dist.is_initialized()
-    if created:
-        if "RANK" not in os.environ:  # plain pytest: a one-process group on a free local port
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if created:  # plain pytest: one rank on an in-process store (no port to race other workers for)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     yield dist
     if created:
         dist.destroy_process_group()

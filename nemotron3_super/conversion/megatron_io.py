@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,6 +59,16 @@ def _backend(device: str) -> str:
     return "cpu:gloo,cuda:nccl"
 
 
+def init_process_group(backend: str) -> None:
+    """torchrun's group, from its environment; a plain process gets a one-rank group on an in-process store.
+    No TCP port is picked, so processes started side by side (parallel test workers, two conversions)
+    cannot race for one, and nothing is written into ``os.environ`` for child processes to inherit."""
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
 @contextlib.contextmanager
 def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -> Iterator[None]:
     """Process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
@@ -67,13 +76,7 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -
     ``device`` is where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
     made_group = not dist.is_initialized()
     if made_group:
-        if "RANK" not in os.environ:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(port))
-        dist.init_process_group(_backend(device))
+        init_process_group(_backend(device))
     elif device == "cuda" and not torch.cuda.is_available():
         _backend(device)  # raises the clear message
     made_parallel = not parallel_state.model_parallel_is_initialized()
