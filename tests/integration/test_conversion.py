@@ -143,7 +143,7 @@ def test_host_reads_the_checkpoint_as_its_own(converted, tmp_path: Path) -> None
     import socket
 
     path = Path(converted["tiny_super"]["megatron"])
-    with socket.socket() as s:  # a fresh rendezvous port (this process's group may have left MASTER_PORT set)
+    with socket.socket() as s:  # the host's loader makes its group through env://: a fresh rendezvous port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
