@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     built = time.perf_counter() - t0
     sos = sorted(staging.glob("causal_conv1d_cuda*.so"))
+    if not sos:  # e.g. CAUSAL_CONV1D_SKIP_CUDA_BUILD in the environment: a pure-Python install is no use here
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"build produced no causal_conv1d_cuda extension in {staging}: nothing installed", file=sys.stderr)
+        return 1
     size = sum(s.stat().st_size for s in sos) / 2**20
     print(f"built in {built:.0f} s: {', '.join(s.name for s in sos)} ({size:.1f} MiB)", flush=True)
 
