@@ -144,3 +144,24 @@ def test_markdown_table_shows_spread_sequential_and_paired_ratios() -> None:
     assert "| 120.0 (105-135) |" in table  # median (IQR)
     assert "| 1.100 | 1.001 (0.950-1.050) |" in table
     assert table.splitlines()[1].count("---") == len(table.splitlines()[0].split("|")) - 2
+
+
+def test_build_without_a_cuda_extension_installs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real offline pip build of a stand-in sdist laid out as causal-conv1d's (its setup.py lists -gencode
+    pairs) that makes no extension: the staging folder is removed and --target never appears."""
+    import tarfile
+
+    src = tmp_path / "causal_conv1d-0.0.1"
+    (src / "causal_conv1d").mkdir(parents=True)
+    (src / "causal_conv1d" / "__init__.py").write_text("")
+    (src / "setup.py").write_text("from setuptools import setup\n" + SETUP.replace("bare_metal_version >= Version(\"11.8\")", "True")
+                                  + "setup(name='causal_conv1d', version='0.0.1', packages=['causal_conv1d'])\n")
+    sdist = tmp_path / "causal_conv1d-0.0.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    target = tmp_path / "site"
+    assert cc.main([str(sdist), "--target", str(target), "--arch", "9.0", "--no-check", "--jobs", "1"]) == 1
+    err = capsys.readouterr()
+    assert "dropped 4 setup.py -gencode lines" in err.out
+    assert "produced no causal_conv1d_cuda extension" in err.err
+    assert not target.exists() and not (tmp_path / "site.partial").exists()
