@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--target {args.target} already exists; remove it or pick another folder")
     if not re.fullmatch(r"\d+\.\d+a?", args.arch or "0.0"):
         p.error(f"--arch {args.arch!r}: expected a compute capability such as 9.0")
-    arch = args.arch or gpu_arch()
+    visible = gpu_arch()
+    arch = args.arch or visible
     if arch is None:
         p.error("no CUDA device visible to torch: pass --arch (e.g. 9.0), and --no-check to build without one")
-    if not args.no_check and gpu_arch() is None:
+    if not args.no_check and visible is None:
         p.error("the kernel check needs a GPU: run on one, or pass --no-check")
 
     t0 = time.perf_counter()

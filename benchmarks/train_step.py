@@ -183,31 +183,6 @@ def import_stack() -> None:
     ensure_host_importable()
 
 
-def init_parallel(cuda: bool) -> None:
-    """One rank (nccl on GPU, gloo on CPU) and megatron-core's parallel state at TP = EP = PP = 1."""
-    import torch
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    from nemotron3_super.conversion.megatron_io import init_process_group
-
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    init_process_group("nccl" if cuda else "gloo")
-    if dist.get_world_size() != 1:
-        raise SystemExit("train_step.py is a one-GPU benchmark: run it without torchrun")
-    parallel_state.initialize_model_parallel(1, 1, expert_model_parallel_size=1)
-
-
-def shutdown_parallel() -> None:
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def reseed(seed: int, cuda: bool) -> None:
     """Same seed before every build, so both implementations start from the same RNG state."""
     import torch
@@ -534,24 +509,12 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, cuda: bool) -> 
 
     for _ in range(warmup):  # kernels compiled / autotuned, optimizer state allocated
         step()
-    losses = []
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-        for start, end in events:
-            start.record()
-            losses.append(step())
-            end.record()
-        torch.cuda.synchronize()
-        times = [start.elapsed_time(end) for start, end in events]
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        times, peak = [], None
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            losses.append(step())
-            times.append((time.perf_counter() - t0) * 1e3)
+    losses = []
+    times = time_interleaved({"step": lambda: losses.append(step())}, steps, warmup=0, cuda=cuda)["step"]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     values = [float(x) for x in losses]
     return {"step_ms": times, "step_ms_median": statistics.median(times), "peak_gib": peak,
             "loss_first": values[0], "loss_last": values[-1],
@@ -1039,11 +1002,14 @@ def main(argv: list[str] | None = None) -> int:
     # megatron-core warns "use_mem_eff_path==False ... not functionally tested" once per Mamba layer per build;
     # the rows say which path ran
     logging.getLogger("megatron.core.ssm.mamba_mixer").setLevel(logging.ERROR)
-    init_parallel(cuda)
-    try:
+    import torch.distributed as dist
+
+    from nemotron3_super.conversion.megatron_io import parallel_group
+
+    with parallel_group(device=run.device):  # one rank, TP = EP = PP = 1 (torn down on exit)
+        if dist.get_world_size() != 1:
+            raise SystemExit("train_step.py is a one-GPU benchmark: run it without torchrun")
         report = run_all(args, full, run, paths, notes)
-    finally:
-        shutdown_parallel()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(jsonable(report), indent=1))
