@@ -46,14 +46,15 @@ def write_synthetic(arch, folder: Path) -> int:  # noqa: ANN001
     """Released-style folder from ``hf_tensors()`` with random values, 2 GiB shards; returns bytes."""
     import torch
 
-    from nemotron3_super.conversion.hf_io import FP32_SUFFIX, ShardedWriter
+    from nemotron3_super.conversion.hf_io import ShardedWriter
+    from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 
     folder.mkdir(parents=True)
     writer = ShardedWriter(folder, shard_bytes=2 * 2**30)
     gen = torch.Generator().manual_seed(0)
     for name, shape in arch.hf_tensors():
         t = torch.empty(shape, dtype=torch.float32).normal_(0, 0.02, generator=gen)
-        writer.add(name, t if name.endswith(FP32_SUFFIX) else t.to(torch.bfloat16))
+        writer.add(name, t if name.endswith(FP32_HF_SUFFIX) else t.to(torch.bfloat16))
     writer.close()
     (folder / "config.json").write_text(json.dumps(arch.to_hf_config_dict({"torch_dtype": "bfloat16"})))
     return writer.total_bytes
@@ -76,7 +77,8 @@ def child(step: str, work: Path) -> dict:
 
         from nemotron3_super.bridge import SuperBridge
         from nemotron3_super.conversion.hf_io import HFCheckpoint
-        from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+        from nemotron3_super.conversion.megatron_io import build_model
+        from nemotron3_super.conversion.process_groups import single_process_group
 
         with single_process_group():
             model = build_model(HFCheckpoint(hf).arch, torch.bfloat16)
@@ -102,7 +104,8 @@ def host_own_bridge_status(work: Path) -> str:
             "from megatron.bridge.models.nemotronh.nemotron_h_bridge import NemotronHBridge;"
             "from megatron.bridge.models.hf_pretrained.causal_lm import PreTrainedCausalLM;"
             "from nemotron3_super.conversion.hf_io import HFCheckpoint;"
-            "from nemotron3_super.conversion.megatron_io import build_model, single_process_group\n"
+            "from nemotron3_super.conversion.megatron_io import build_model\n"
+            "from nemotron3_super.conversion.process_groups import single_process_group\n"
             "with single_process_group():\n"
             f"    m = build_model(HFCheckpoint({str(work / 'hf')!r}).arch, torch.bfloat16)\n"
             f"    p = PreTrainedCausalLM.from_pretrained({str(work / 'hf')!r})\n"

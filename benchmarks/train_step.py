@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron.core.ssm.mamba_mixer").setLevel(logging.ERROR)
     import torch.distributed as dist
 
-    from nemotron3_super.conversion.megatron_io import parallel_group
+    from nemotron3_super.conversion.process_groups import parallel_group
 
     with parallel_group(device=run.device):  # one rank, TP = EP = PP = 1 (torn down on exit)
         if dist.get_world_size() != 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b
-from nemotron3_super.conversion.megatron_io import cpu_current_device
+from nemotron3_super.conversion.process_groups import cpu_current_device
 
 # build settings, not model settings: the same for both models (GPU: weights made and initialised on the GPU;
 # host probes and --build-only: not initialised)

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from host_probe import HostPlan, host_provider
-from step_timing import make_adamw, paired_summary, profile_step, random_batch, time_interleaved, time_steps, training_step
+from step_timing import (make_adamw, paired_summary, profile_step, random_batch, time_interleaved, time_steps,
+                         training_step)
 from train_step_models import Run, error_record, free_cuda, ours_provider, provide, shape_summary
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.conversion.megatron_io import cpu_current_device
+from nemotron3_super.conversion.process_groups import cpu_current_device
 from nemotron3_super.flops import forward_flops_per_token, model_flops_per_token
 
 

@@ -1,10 +1,10 @@
-"""Shared launcher behind ``python -m nemotron3_super.pretrain`` and ``... .finetune``.
+"""Shared launcher behind ``python -m nemotron3_super.pretrain`` and ``... .finetune``: the orchestration.
 
-Flow: build the recipe (offline) -> apply dotted overrides with the host's Hydra/OmegaConf machinery
-(unknown keys rejected with the closest valid key) -> check the layout against megatron-core's rules
--> either print the plan and a per-GPU memory estimate (``--dry-run``, no GPU touched) or import the
-host's training loop and run it. The training loop is imported only here, at launch: it needs
-``nvidia_resiliency_ext.inprocess``, which recipe building and dry runs must not.
+Flow: build the recipe (offline) -> apply dotted overrides (``recipes/overrides.py``) -> check the layout
+against megatron-core's rules -> either print the plan and a per-GPU memory estimate (``--dry-run``,
+``recipes/dry_run.py``; no GPU touched) or import the host's training loop and run it. The training loop
+is imported only here, at launch: it needs ``nvidia_resiliency_ext.inprocess``, which recipe building
+and dry runs must not.
 """
 
 from __future__ import annotations
@@ -17,178 +17,11 @@ import sys
 from typing import Any
 
 from nemotron3_super.recipes import RECIPES
+from nemotron3_super.recipes.dry_run import config_problems, report, validated_arch
 from nemotron3_super.recipes.layout import LayoutError, check_layout, layout_of
-from nemotron3_super.recipes.memory import estimate_memory, settings_of
+from nemotron3_super.recipes.overrides import ConfigKeyError, apply_cli_overrides, follow_train_iters
 
 
-class ConfigKeyError(KeyError):
-    """A dotted override names a key the ConfigContainer does not have."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
-
-# ------------------------------------------------------------------------------ overrides
-def _dotted_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Every dotted key of a plain dict/list tree (nodes and leaves) -> its value."""
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            path = f"{prefix}{key}"
-            out[path] = value
-            out.update(_dotted_keys(value, path + "."))
-    return out
-
-
-def _plain_dict_at(cfg: Any, dotted: str) -> bool:
-    """True if ``dotted`` names a plain dict inside ``cfg`` (where new keys are meaningful)."""
-    node = cfg
-    for part in filter(None, dotted.split(".")):
-        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
-    return isinstance(node, dict)
-
-
-def _check_override_keys(cfg: Any, tree: dict[str, Any], overrides: list[str]) -> None:
-    """Refuse keys the config lacks, suggesting the closest; '+' may add keys to plain dicts only.
-
-    Without this, Hydra adds a '+key' and the host's applier then skips it with a log line: a typo
-    in a 64-GPU launch would silently train with the default.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    known = _dotted_keys(tree)
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    except Exception as exc:  # hydra's OverrideParseException: show its message, not a traceback
-        raise ValueError(f"cannot parse overrides: {exc}") from None
-    for override in parsed:
-        key = override.key_or_group
-        if key in known:
-            continue
-        parent = key.rpartition(".")[0]
-        if override.is_add() and parent and _plain_dict_at(cfg, parent):
-            continue  # e.g. +env_vars.NCCL_DEBUG=INFO
-        guesses = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-        if not guesses:  # typo in the section: match the last part within the same section
-            section, leaf = key.partition(".")[0], key.rpartition(".")[2]
-            same = [k for k in known if k.startswith(section + ".")]
-            guesses = [k for k in same if k.rpartition(".")[2] in
-                       difflib.get_close_matches(leaf, [s.rpartition(".")[2] for s in same], n=3, cutoff=0.6)][:3]
-        hint = f"; did you mean {' or '.join(repr(g) for g in guesses)}?" if guesses else ""
-        if parent and parent in known and known[parent] is None:
-            hint += f" ({parent!r} is None in this recipe)"
-        raise ConfigKeyError(f"unknown config key {key!r} in override {override.input_line!r}{hint}")
-
-
-def apply_cli_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply ``section.field=value`` overrides to a ConfigContainer (the host's Hydra syntax)."""
-    if not overrides:
-        return cfg
-    from omegaconf import OmegaConf
-
-    from megatron.bridge.training.utils.omegaconf_utils import (
-        OverridesError, apply_overrides, create_omegaconf_dict_config, parse_hydra_overrides)
-
-    tree, excluded = create_omegaconf_dict_config(cfg)
-    _check_override_keys(cfg, OmegaConf.to_container(tree), overrides)
-    try:
-        tree = parse_hydra_overrides(tree, overrides)
-    except OverridesError as exc:
-        raise ValueError(str(exc)) from None
-    apply_overrides(cfg, OmegaConf.to_container(tree, resolve=True), excluded)
-    return cfg
-
-
-def _follow_train_iters(cfg: Any, overrides: list[str], recipe_warmup: int) -> None:
-    """If only ``train.train_iters`` changed, stretch the LR schedule over the new length."""
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    if "train.train_iters" in keys and not any(k.startswith("scheduler.") for k in keys):
-        from nemotron3_super.recipes.builders import fit_schedule
-
-        fit_schedule(cfg.scheduler, cfg.train.train_iters, recipe_warmup)
-
-
-# ------------------------------------------------------------------------------ checks / report
-def config_problems(cfg: Any, mode: str, *, launching: bool) -> list[str]:
-    """Problems that are not about the layout (sequence lengths, required checkpoints)."""
-    problems = []
-    if cfg.model.seq_length != cfg.dataset.seq_length:
-        problems.append(f"model.seq_length={cfg.model.seq_length} but dataset.seq_length="
-                        f"{cfg.dataset.seq_length}: override both")
-    if launching and cfg.peft is not None and not cfg.checkpoint.pretrained_checkpoint:
-        problems.append("LoRA needs the base weights: checkpoint.pretrained_checkpoint=<Megatron "
-                        "checkpoint dir> (convert the HF checkpoint first)")
-    return problems
-
-
-def _validated_arch(cfg: Any, *, strict: bool = True):
-    """Re-validate the provider after overrides (pattern spellings, layer count) -> architecture.
-
-    ``strict=False`` lets sharding errors through, so :func:`check_layout` reports them together
-    with every other layout problem.
-    """
-    model = cfg.model
-    try:
-        model.validate()  # SuperModelProvider: moves hybrid_override_pattern, checks num_layers + sharding
-        return model.to_architecture()
-    except ValueError as exc:
-        error = exc
-    try:
-        arch = model.to_architecture()
-    except ValueError:
-        raise LayoutError([str(error)]) from None
-    if strict or model.num_layers not in (None, arch.num_hidden_layers):
-        raise LayoutError([str(error)])
-    return arch
-
-
-def report(name: str, cfg: Any, layout: Any, arch: Any, warnings: list[str], gpu_gib: float) -> str:
-    """The dry-run text: model, layout, schedule, data, warnings and the memory table."""
-    m, sch, opt = cfg.model, cfg.scheduler, cfg.optimizer
-    counts = arch.param_counts()
-    pattern = arch.hybrid_override_pattern
-    mtp = (f", MTP {arch.mtp_hybrid_override_pattern!r} x {m.mtp_num_layers} depths"
-           if arch.num_nextn_predict_layers else "")
-    schedule = f"{sch.lr_decay_style}, warmup {sch.lr_warmup_iters}"
-    if sch.lr_decay_style == "WSD":
-        schedule += f", stable, {sch.lr_wsd_decay_style} decay over the last {sch.lr_wsd_decay_iters}"
-    data = cfg.dataset
-    if getattr(data, "blend_per_split", None):
-        source = f"indexed blend per split, train prefixes {data.blend_per_split[0][0]}"
-    elif hasattr(data, "blend_per_split"):
-        source = "mock (no blend given)"
-    else:
-        hf = data.hf_dataset
-        source = f"{hf.dataset_name or hf.path_or_dataset} {(hf.load_kwargs or {}).get('data_files', '')}".strip()
-    lines = [
-        f"recipe {name} ({RECIPES[name].mode}); dry run: nothing downloaded, no GPU touched",
-        f"model: {len(pattern)} layers ({pattern.count('M')} Mamba-2, {pattern.count('E')} MoE, "
-        f"{pattern.count('*')} attention), hidden {arch.hidden_size}, {arch.n_routed_experts} experts top-"
-        f"{arch.num_experts_per_tok}{mtp}; {counts.total / 1e9:.2f}B params, "
-        f"{counts.active / 1e9:.2f}B active; precision {m.precision}",
-        f"layout: {layout.describe()}",
-        f"optimizer: AdamW lr {opt.lr:g} -> {opt.min_lr:g}, {schedule} of {cfg.train.train_iters} iters; "
-        f"wd {opt.weight_decay:g}, betas ({opt.adam_beta1:g}, {opt.adam_beta2:g})",
-        f"recompute: {m.recompute_granularity or 'none'} {list(m.recompute_modules or [])}; "
-        f"peft: {_describe_peft(cfg.peft)}",
-        f"data: {source}; tokenizer {cfg.tokenizer.tokenizer_type} {cfg.tokenizer.tokenizer_model or ''}".rstrip(),
-        *(f"warning: {w}" for w in warnings),
-        "",
-        "per-GPU memory estimate (GiB; formulas and assumptions: nemotron3_super/recipes/memory.py)",
-        estimate_memory(arch, layout, settings_of(cfg), pattern=m.hybrid_layer_pattern).table(gpu_gib),
-    ]
-    return "\n".join(lines)
-
-
-def _describe_peft(peft: Any) -> str:
-    if peft is None:
-        return "none (all parameters train)"
-    if hasattr(peft, "dim"):
-        return f"{type(peft).__name__} rank {peft.dim}, alpha {peft.alpha}, targets {', '.join(peft.target_modules)}"
-    return type(peft).__name__
-
-
-# ------------------------------------------------------------------------------ launch
 def _training_loop(mode: str):
     """The host's pretrain/finetune entry and the GPT/hybrid forward step, imported lazily."""
     try:
@@ -292,8 +125,8 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
     warmup = cfg.scheduler.lr_warmup_iters
     apply_cli_overrides(cfg, overrides)
     _adopt_checkpoint_architecture(cfg, overrides)
-    _follow_train_iters(cfg, overrides, warmup)
-    arch = _validated_arch(cfg, strict=False)
+    follow_train_iters(cfg, overrides, warmup)
+    arch = validated_arch(cfg, strict=False)
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; plain `python -m` is one process
     # a dry run plans for --gpus or the recipe's own GPU count; a launch runs on the real world size
     planned = (gpus or _recipe_gpus(name)) if dry_run else world
@@ -309,7 +142,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
         raise LayoutError(exc.problems + problems) from None
     if problems:
         raise LayoutError(problems)
-    return cfg, layout, _validated_arch(cfg), warnings
+    return cfg, layout, validated_arch(cfg), warnings
 
 
 def _adopt_checkpoint_architecture(cfg: Any, overrides: list[str]) -> None:
@@ -321,10 +154,11 @@ def _adopt_checkpoint_architecture(cfg: Any, overrides: list[str]) -> None:
     from pathlib import Path
 
     from nemotron3_super.architecture import SuperArchitecture
+    from nemotron3_super.conversion.megatron_io import META_FILE
     from nemotron3_super.provider import ARCH_FIELDS, SuperModelProvider
 
     path = getattr(cfg.checkpoint, "pretrained_checkpoint", None)
-    meta = Path(path) / "nemotron3_super.json" if path else None
+    meta = Path(path) / META_FILE if path else None
     if meta is None or not meta.is_file() or not isinstance(cfg.model, SuperModelProvider):
         return
     try:

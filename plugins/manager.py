@@ -19,7 +19,7 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import pluggy
 
@@ -254,8 +254,3 @@ def _make_register(kind: str, plugin: str, sink: list[Registration]) -> Callable
         sink.append(Registration(kind=kind, name=name, target=target, plugin=plugin, metadata=meta))
 
     return register
-
-
-def iter_registrations(kind: str, plugin_set: PluginSet | None = None) -> Iterable[Registration]:
-    """Registrations of one kind from the (cached) plugin set."""
-    return (plugin_set or load_plugins()).of_kind(kind)

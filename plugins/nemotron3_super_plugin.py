@@ -6,6 +6,7 @@ only when it installs it.
 
 from __future__ import annotations
 
+from nemotron3_super.hf_config import HF_ARCHITECTURE, MODEL_TYPE  # stdlib-only module
 from nemotron3_super.plugins.hookspecs import hookimpl
 
 _HYBRID_MODEL = "megatron.core.models.hybrid.hybrid_model:HybridModel"
@@ -23,8 +24,8 @@ def register_model_providers(register) -> None:  # noqa: ANN001 - pluggy passes 
 
 @hookimpl
 def register_bridges(register) -> None:  # noqa: ANN001
-    register("NemotronHForCausalLM", "nemotron3_super.bridge:SuperBridge", megatron_model=_HYBRID_MODEL,
-             provider="nemotron3_super.provider:SuperModelProvider", model_type="nemotron_h",
+    register(HF_ARCHITECTURE, "nemotron3_super.bridge:SuperBridge", megatron_model=_HYBRID_MODEL,
+             provider="nemotron3_super.provider:SuperModelProvider", model_type=MODEL_TYPE,
              description="Nemotron-H family with Super's LatentMoE, FP32 router bias and MTP")
 
 

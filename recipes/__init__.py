@@ -15,6 +15,10 @@ class RecipeInfo(NamedTuple):
     description: str
 
 
+# Megatron linears the LoRA recipe adapts (attention, MLP/expert and Mamba in/out projections; the latent
+# projections stay frozen). The PEFT export maps each to its HF module.
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj")
+
 _FACTORIES = "nemotron3_super.recipes.factories"
 RECIPES: dict[str, RecipeInfo] = {
     "nemotron3_super_pretrain_config": RecipeInfo(
@@ -31,7 +35,7 @@ RECIPES: dict[str, RecipeInfo] = {
         "LoRA r32/a32 on attention, MLP/expert and Mamba projections, 8 GPUs TP8/EP8, LR 1e-4"),
 }
 
-__all__ = ["RECIPES", "RecipeInfo", *RECIPES]
+__all__ = ["LORA_TARGETS", "RECIPES", "RecipeInfo", *RECIPES]
 
 
 def __getattr__(name: str) -> Any:

@@ -29,12 +29,12 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from nemotron3_super.architecture import SuperArchitecture, load_json, super_120b_a12b
 from nemotron3_super.provider import SuperModelProvider
+from nemotron3_super.recipes import LORA_TARGETS
 from nemotron3_super.recipes.layout import Layout
 
 # Same tokenizer for every Nemotron 3 model (131,072 tokens); an HF id or a local directory,
 # loaded by the host only when training starts.
 TOKENIZER = "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16"
-LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj")
 WSD_DECAY_FRACTION = 0.2  # WSD anneals over the last 20% of iterations (our choice; FACTS: "WSD")
 BLEND_SPLITS = ("train", "valid", "test")
 

@@ -15,7 +15,7 @@ def process_group():
     import torch
     import torch.distributed as dist
 
-    from nemotron3_super.conversion.megatron_io import init_process_group
+    from nemotron3_super.conversion.process_groups import init_process_group
 
     created = not dist.is_initialized()
     if created:  # plain pytest: one rank on an in-process store (no port to race other workers for)

@@ -13,7 +13,8 @@ from megatron.bridge.models.conversion.model_bridge import MegatronModelBridge
 
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.bridge.pairing import check_host_tasks, registry_for
-from nemotron3_super.bridge.table import FP32_HF_SUFFIX
+from nemotron3_super.hf_config import HF_ARCHITECTURE, MODEL_TYPE as HF_MODEL_TYPE
+from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 from nemotron3_super.provider import SuperModelProvider
 
 
@@ -24,8 +25,8 @@ class SuperBridge(MegatronModelBridge):
     policy that decides whether it replaces the host's own ``NemotronHBridge``.
     """
 
-    SOURCE_NAME = "NemotronHForCausalLM"
-    MODEL_TYPE = "nemotron_h"
+    SOURCE_NAME = HF_ARCHITECTURE
+    MODEL_TYPE = HF_MODEL_TYPE
     PROVIDER_CLASS = SuperModelProvider
 
     def provider_bridge(self, hf_pretrained: Any) -> SuperModelProvider:

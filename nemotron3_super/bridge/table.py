@@ -7,7 +7,7 @@ norms, per-expert ``local_experts``). A spec's names that a built model lacks ar
 Unlike the host's Nemotron-H bridge: a missing or unused tensor is an error; the embedding is written
 as ``backbone.embeddings`` (``conversion.hf_io`` also reads transformers' ``backbone.embedding``); the
 MTP attention norm is mapped in the TE-free layout too; the router correction bias stays FP32 both ways;
-MTP index arithmetic lives in one class (:class:`MTPDepth`).
+MTP numbering comes from :mod:`nemotron3_super.hf_layout` (shared with the HF tensor layout).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from megatron.bridge.models.conversion.param_mapping import (
 )
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.hf_layout import FP32_HF_SUFFIX, MTP_FIRST_BLOCK, MTP_LAST_BLOCK, mtp_layer
 
 # Megatron name (after the block prefix) -> HF name (after the block prefix), for every block kind.
 BLOCK_NAMES: dict[str, str] = {
@@ -69,7 +70,6 @@ MODEL_NAMES: dict[str, str] = {
     "decoder.final_norm.weight": "backbone.norm_f.weight",
     "output_layer.weight": "lm_head.weight",
 }
-FP32_HF_SUFFIX = "mixer.gate.e_score_correction_bias"  # FP32 on disk whatever the model dtype
 
 
 class RouterBiasMapping(ReplicatedMapping):
@@ -87,7 +87,7 @@ class RouterBiasMapping(ReplicatedMapping):
 
 @dataclass(frozen=True)
 class MTPDepth:
-    """Where one MTP depth's tensors live on each side (all MTP index arithmetic is here).
+    """Where one MTP depth's tensors live on each side (HF numbering: ``hf_layout.mtp_layer``).
 
     Megatron nests the depth's blocks; HF numbers them flat (d = depth, i = block, L = len(pattern))::
 
@@ -108,13 +108,12 @@ class MTPDepth:
 
     def block(self, i: int) -> tuple[str, str]:
         return (f"mtp.layers.{self.depth}.mtp_model_layer.layers.{i}",
-                f"mtp.layers.{self.depth * len(self.pattern) + i}")
+                f"mtp.layers.{mtp_layer(self.depth, i, len(self.pattern))}")
 
     def outer_names(self) -> dict[str, str]:
-        first, last = self.depth * len(self.pattern), (self.depth + 1) * len(self.pattern) - 1
-        names = {f"mtp.layers.{self.depth}.{n}": f"mtp.layers.{first}.{n}"
-                 for n in ("enorm.weight", "hnorm.weight", "eh_proj.weight")}
-        names[f"mtp.layers.{self.depth}.final_layernorm.weight"] = f"mtp.layers.{last}.final_layernorm.weight"
+        first, last = (mtp_layer(self.depth, i, len(self.pattern)) for i in (0, len(self.pattern) - 1))
+        names = {f"mtp.layers.{self.depth}.{n}": f"mtp.layers.{first}.{n}" for n in MTP_FIRST_BLOCK}
+        names.update({f"mtp.layers.{self.depth}.{n}": f"mtp.layers.{last}.{n}" for n in MTP_LAST_BLOCK})
         return names
 
 

@@ -83,6 +83,4 @@ def audit(reference: str | Path, candidate: str | Path) -> AuditReport:
             why = (f"dtype {a.dtype} vs {b.dtype}" if a.dtype != b.dtype else
                    f"shape {list(a.shape)} vs {list(b.shape)}" if a.shape != b.shape else "values differ")
             report.different.append(f"{name} ({why})")
-    ref.close()
-    cand.close()
     return report

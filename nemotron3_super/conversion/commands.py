@@ -23,16 +23,16 @@ import torch
 import torch.distributed as dist
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.conversion.audit import AuditReport, audit
-from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
-                                              ShardedWriter)
 from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatron_tensors, module_of, plan
-from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
-                                                    parallel_group, read_meta, run_provider, save_checkpoint,
-                                                    shared_temp_dir)
+from nemotron3_super.conversion.audit import AuditReport, audit
+from nemotron3_super.conversion.hf_io import (COPY_SUFFIXES, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
+                                              ShardedWriter)
+from nemotron3_super.conversion.megatron_io import (build_model, load_checkpoint, read_meta, run_provider,
+                                                    save_checkpoint)
+from nemotron3_super.conversion.process_groups import cpu_current_device, parallel_group, shared_temp_dir
+from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")  # tokenizer, generation config, chat template
 
 
 @dataclass
@@ -137,7 +137,7 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
 def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype) -> torch.dtype:
     """Export dtype of one HF tensor: FP32 for router correction biases, else the reference checkpoint's,
     else the one recorded at import, else the config's torch_dtype."""
-    if name.endswith(FP32_SUFFIX):
+    if name.endswith(FP32_HF_SUFFIX):
         return torch.float32
     if name in ref.tensors:
         return ref.tensors[name].torch_dtype
@@ -177,7 +177,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
             writer.close()
             report.bytes = writer.total_bytes
             for extra in ref.folder.iterdir():  # tokenizer and generation files travel with the weights
-                if extra.is_file() and extra.suffix in _COPY_SUFFIXES and extra.name not in (
+                if extra.is_file() and extra.suffix in COPY_SUFFIXES and extra.name not in (
                         "config.json", "model.safetensors.index.json"):
                     shutil.copy2(extra, out / extra.name)
             (out / "config.json").write_text(json.dumps(ref.arch.to_hf_config_dict(ref.config), indent=2) + "\n")

@@ -62,7 +62,8 @@ def compare(hf_model_path: str | Path, megatron_model_path: str | Path, prompt: 
         raise RuntimeError(NO_GPU)
     from transformers import NemotronHForCausalLM
 
-    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     ref, torch_dtype = HFCheckpoint(hf_model_path), _DTYPES[dtype]
     ids = _tokens(Path(hf_model_path), prompt, ref.arch.vocab_size).cuda()

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from nemotron3_super.architecture import SuperArchitecture, nano_30b_a3b, tiny_super
-from nemotron3_super.conversion.hf_io import FP32_SUFFIX, HF_NAME_ALIASES
+from nemotron3_super.conversion.hf_io import HF_NAME_ALIASES
+from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 
 
 def tiny_nano() -> SuperArchitecture:
@@ -41,9 +42,9 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
     model = NemotronHForCausalLM(config)
     with torch.no_grad():  # transformers zero-inits the correction bias; make it non-trivial and FP32-precise
         for n, buf in model.named_buffers():
-            if n.endswith("e_score_correction_bias"):
+            if n.endswith(FP32_HF_SUFFIX):
                 buf.copy_(torch.randn(buf.shape, generator=torch.Generator().manual_seed(seed)) * 1e-3)
-    fp32 = {n: t.detach().clone().float() for n, t in model.state_dict().items() if n.endswith(FP32_SUFFIX)}
+    fp32 = {n: t.detach().clone().float() for n, t in model.state_dict().items() if n.endswith(FP32_HF_SUFFIX)}
     model.to(dtype).save_pretrained(folder)
     files = sorted(folder.glob("*.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
@@ -53,7 +54,7 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
     (folder / "model.safetensors.index.json").unlink(missing_ok=True)
     tensors = {HF_NAME_ALIASES.get(n, n): t for n, t in tensors.items()}
     for n in list(tensors):
-        if n.endswith(FP32_SUFFIX):  # the FP32 values, not transformers' rounded copy
+        if n.endswith(FP32_HF_SUFFIX):  # the FP32 values, not transformers' rounded copy
             tensors[n] = fp32.get("model." + n.removeprefix("backbone."), tensors[n].float())
         if fp32_router_weight and n.endswith("mixer.gate.weight"):
             tensors[n] = (tensors[n].float() + torch.randn(tensors[n].shape) * 1e-6)  # FP32-only bits (as Nano)
@@ -63,7 +64,7 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
             t = torch.randn(shape, generator=gen) * 0.02
             if n.endswith("norm.weight") or n.endswith(("enorm.weight", "hnorm.weight")):
                 t = 1 + t
-            tensors[n] = t.float() if n.endswith(FP32_SUFFIX) else t.to(dtype)
+            tensors[n] = t.float() if n.endswith(FP32_HF_SUFFIX) else t.to(dtype)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config_dict = arch.to_hf_config_dict(json.loads((folder / "config.json").read_text()))
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")

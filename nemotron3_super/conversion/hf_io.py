@@ -19,10 +19,12 @@ from safetensors.torch import save_file
 
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.errors import CheckpointError
+from nemotron3_super.hf_config import HF_ARCHITECTURE
 
-ARCHITECTURE = "NemotronHForCausalLM"
+# Files that travel with the weights when a checkpoint folder is written anew: tokenizer, generation config,
+# chat template, remote code.
+COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")
 HF_NAME_ALIASES = {"backbone.embedding.weight": "backbone.embeddings.weight"}  # transformers 5.12 spelling
-FP32_SUFFIX = "gate.e_score_correction_bias"  # kept FP32 on disk whatever the model dtype
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
@@ -63,8 +65,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     archs = config.get("architectures")
-    if archs != [ARCHITECTURE]:
-        raise CheckpointError(f"{path}: architectures={archs!r}, expected [{ARCHITECTURE!r}] "
+    if archs != [HF_ARCHITECTURE]:
+        raise CheckpointError(f"{path}: architectures={archs!r}, expected [{HF_ARCHITECTURE!r}] "
                               "(this converter handles the Nemotron-H family only)")
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_algo") or config["quantization_config"].get(
@@ -166,9 +168,6 @@ class HFCheckpoint:
 
     def dtypes(self) -> dict[str, torch.dtype]:
         return {n: i.torch_dtype for n, i in self.tensors.items()}
-
-    def close(self) -> None:
-        """Nothing is held open between reads (kept for callers that close explicitly)."""
 
 
 class ShardedWriter:

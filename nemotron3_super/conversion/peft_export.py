@@ -24,9 +24,11 @@ FP32) into a copy of the HF base checkpoint, which the adapter's ``base_model_na
 The latent projections (``fc1/fc2_latent_proj``) are not LoRA targets in Megatron (their names match none
 of the six), so there is nothing to export for them; the report says so.
 
-Adapters are read from the LoRA-wrapped Megatron model itself (TP = EP = PP = 1, TE-free "local" spec:
-per-expert ``local_experts`` adapters), through the bridge's name table; the factors equal what the host's
-``stream_adapter_weights_megatron_to_hf`` yields with :class:`SuperBridge` (tested). The host's
+This module is the PEFT side only (torch and safetensors; it does not import the host, so
+``convert export-lora`` on a host-written adapter folder starts in seconds). Adapters of a LoRA-wrapped
+Megatron model are read by :mod:`nemotron3_super.conversion.lora_extract` (TP = EP = PP = 1, TE-free
+"local" spec: per-expert ``local_experts`` adapters), through the bridge's name table; the factors equal
+what the host's ``stream_adapter_weights_megatron_to_hf`` yields with :class:`SuperBridge` (tested). The host's
 ``AutoBridge.save_hf_adapter`` writes those on-disk names (``backbone.*``, per-expert ``experts.{e}``,
 ``out_proj`` in target_modules), which PEFT refuses / cannot match on the in-memory model (``model.*``, fused
 experts); :func:`host_adapter_deltas` reads such a folder so ``write_peft_adapter`` can rewrite it.
@@ -40,17 +42,12 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
-from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
-from megatron.bridge.models.conversion.param_mapping import split_qkv_weights
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.bridge.table import super_mappings
-from nemotron3_super.conversion.hf_io import CheckpointError, HFCheckpoint
+from nemotron3_super.conversion.hf_io import COPY_SUFFIXES, CheckpointError, HFCheckpoint
 
-LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _EXPERT = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
@@ -111,49 +108,6 @@ class PeftExportReport:
         if not any("latent_proj" in m for m in self.modules):
             lines.append("latent projections (fc1/fc2_latent_proj): no adapters (not among Megatron's LoRA targets)")
         return "\n".join(lines)
-
-
-def apply_lora(model: torch.nn.Module, targets: Iterable[str] = LORA_TARGETS, dim: int = 32,
-               alpha: int = 32) -> torch.nn.Module:
-    """The host's LoRA (``megatron.bridge.peft.lora.LoRA``) on a built model, TE or not."""
-    from megatron.bridge.peft.lora import LoRA
-
-    return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
-
-
-def lora_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Megatron base-linear name -> the LoRA wrapper (``.to_wrap`` base, ``.adapter`` A/B)."""
-    return {n: m for n, m in model.named_modules() if hasattr(m, "adapter") and hasattr(m, "to_wrap")}
-
-
-def megatron_lora_deltas(model: torch.nn.Module, arch: SuperArchitecture) -> list[LoraDelta]:
-    """Every adapter of ``model`` (TP = 1) as LoRA factors in HF on-disk naming (QKV split per head group)."""
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized() and (
-            parallel_state.get_tensor_model_parallel_world_size() > 1
-            or parallel_state.get_expert_model_parallel_world_size() > 1):
-        raise PeftExportError("adapter export reads full adapters: run it at TP = EP = 1")
-    registry = MegatronMappingRegistry(*super_mappings(arch))
-    out: list[LoraDelta] = []
-    for name, wrapper in lora_modules(model).items():
-        adapter = wrapper.adapter
-        A = adapter.linear_in.weight.detach().float().cpu()
-        B = adapter.linear_out.weight.detach().float().cpu()
-        if A.ndim != 2 or B.ndim != 2:
-            raise PeftExportError(f"{name}: grouped/shared-outer expert adapters are not supported "
-                                  f"(got A {tuple(A.shape)}, B {tuple(B.shape)})")
-        mapping = registry.megatron_to_hf_lookup(f"{name}.weight")
-        if mapping is None:
-            raise PeftExportError(f"{name}: adapter on a module with no HF name in the bridge table")
-        r, alpha = int(adapter.dim), float(adapter.alpha)
-        if isinstance(mapping.hf_param, dict):  # fused QKV: split B's rows like the base weight's
-            q, k, v = split_qkv_weights(model.config, B, feature_dim=B.shape[1])
-            for role, part in (("q", q), ("k", k), ("v", v)):
-                out.append(LoraDelta(name, mapping.hf_param[role], A, part.contiguous(), alpha, r))
-        else:  # identical row layout at TP = 1 (Mamba in_proj z|xBC|dt included)
-            out.append(LoraDelta(name, mapping.hf_param, A, B, alpha, r))
-    return out
 
 
 def _hf_module(disk_weight: str) -> str:
@@ -220,7 +174,7 @@ def write_merged_base(hf_base: str | Path, deltas: list[LoraDelta], out: Path) -
         writer.add(name, t)
     writer.close()
     for extra in Path(hf_base).iterdir():
-        if extra.is_file() and extra.suffix in (".json", ".txt", ".model", ".jinja", ".py") and \
+        if extra.is_file() and extra.suffix in COPY_SUFFIXES and \
                 extra.name != "model.safetensors.index.json":
             shutil.copy2(extra, out / extra.name)
 
@@ -250,11 +204,6 @@ def host_adapter_deltas(folder: str | Path) -> list[LoraDelta]:
         alpha = float(config.get("alpha_pattern", {}).get(stem, alpha_default))
         out.append(LoraDelta(stem, f"{stem}.weight", ab["A"], ab["B"], alpha, r))
     return out
-
-
-def export_adapter(model: torch.nn.Module, arch: SuperArchitecture, out: str | Path, **kwargs) -> PeftExportReport:
-    """Write ``model``'s LoRA adapters as an HF PEFT folder at ``out`` (see :func:`write_peft_adapter`)."""
-    return write_peft_adapter(megatron_lora_deltas(model, arch), arch, out, **kwargs)
 
 
 def write_peft_adapter(deltas: list[LoraDelta], arch: SuperArchitecture, out: str | Path, *,

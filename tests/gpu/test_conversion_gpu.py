@@ -94,7 +94,7 @@ def test_bf16_logits_agree_with_transformers(converted) -> None:
     assert report.cosine >= 0.999, report.render()
 
 
-def test_cli_compare_and_demo_run_on_gpu(converted, capsys: pytest.CaptureFixture) -> None:
+def test_cli_compare_runs_on_gpu(converted, capsys: pytest.CaptureFixture) -> None:
     from nemotron3_super.cli import main
 
     hf, megatron = converted

@@ -85,7 +85,8 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
     from megatron.core import dist_checkpointing
 
     from nemotron3_super.conversion.hf_io import HFCheckpoint
-    from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     paths = converted["tiny_super"]
     hf = HFCheckpoint(paths["hf"])
@@ -108,7 +109,7 @@ import sys, torch
 import nemotron3_super  # host fixes: no TE here, and CI's mamba-ssm lacks its Mamba-1 CUDA module
 from megatron.bridge.training.model_load_save import load_megatron_model
 from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
-from nemotron3_super.conversion.megatron_io import cpu_current_device
+from nemotron3_super.conversion.process_groups import cpu_current_device
 from nemotron3_super.plugins.host import install_into_host
 
 path, out = sys.argv[1], sys.argv[2]
@@ -135,7 +136,8 @@ def test_host_reads_the_checkpoint_as_its_own(converted, tmp_path: Path) -> None
     from megatron.bridge.training.state import TrainState
 
     from nemotron3_super.conversion.hf_io import HFCheckpoint
-    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     import os
     import socket
@@ -265,7 +267,8 @@ def test_released_super_mapping_pairs_every_tensor_once(monkeypatch: pytest.Monk
     and back, and every HF->Megatron transform yields the Megatron shape."""
     from nemotron3_super.architecture import super_120b_a12b
     from nemotron3_super.bridge.pairing import check_coverage, check_shapes, megatron_tensors, plan
-    from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     arch = super_120b_a12b()
     with single_process_group(), torch.device("meta"):

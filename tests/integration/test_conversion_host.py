@@ -26,7 +26,8 @@ def _host_round_trip(folder: Path) -> tuple[dict, object]:
 
     from nemotron3_super.bridge import SuperBridge
     from nemotron3_super.conversion.hf_io import HFCheckpoint
-    from nemotron3_super.conversion.megatron_io import build_model, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     with single_process_group():
         model = build_model(HFCheckpoint(folder).arch, torch.bfloat16)

@@ -24,7 +24,7 @@ def cpu_build(model_parallel):
     """TP=PP=EP=1 parallel state; on a machine without CUDA, megatron-core's hard-coded
     ``torch.cuda.current_device()`` allocations go to the current default device (cpu, or meta),
     exactly as the conversion commands build their models."""
-    from nemotron3_super.conversion.megatron_io import cpu_current_device
+    from nemotron3_super.conversion.process_groups import cpu_current_device
 
     model_parallel(tp=1, ep=1, pp=1)
     with cpu_current_device():

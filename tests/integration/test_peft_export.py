@@ -31,7 +31,7 @@ def _load_hf_into(model, src) -> None:
 def _unwrapped(model) -> dict[str, torch.Tensor]:
     """Megatron tensors by base names, LoRA merged in (W + B@A * alpha/r), ``to_wrap`` / adapters removed."""
     from nemotron3_super.bridge.pairing import megatron_tensors
-    from nemotron3_super.conversion.peft_export import lora_modules
+    from nemotron3_super.conversion.lora_extract import lora_modules
 
     out = {n.replace(".to_wrap.", "."): t.detach().clone().float() for n, t in megatron_tensors(model).items()
            if ".adapter." not in n}
@@ -48,9 +48,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory, process_group) -> dict:
     from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
     from nemotron3_super.conversion.hf_io import HFCheckpoint
     from nemotron3_super.bridge.pairing import module_of, plan
-    from nemotron3_super.conversion.megatron_io import build_model, cpu_current_device, parallel_group
-    from nemotron3_super.conversion.peft_export import (PeftExportError, apply_lora, export_adapter,
-                                                        lora_modules, megatron_lora_deltas)
+    from nemotron3_super.conversion.megatron_io import build_model
+    from nemotron3_super.conversion.process_groups import cpu_current_device, parallel_group
+    from nemotron3_super.conversion.lora_extract import apply_lora, export_adapter, lora_modules, megatron_lora_deltas
+    from nemotron3_super.conversion.peft_export import PeftExportError
 
     root = tmp_path_factory.mktemp("peft")
     arch = tiny_super()

@@ -162,7 +162,7 @@ def converted_meta(tmp_path: Path) -> Path:
 
     ckpt = tmp_path / "tiny_megatron"
     ckpt.mkdir()
-    (ckpt / "nemotron3_super.json").write_text(json.dumps({"format": 1, "hf_config": tiny_super().to_hf_config_dict()}))
+    (ckpt / META_FILE).write_text(json.dumps({"format": 1, "hf_config": tiny_super().to_hf_config_dict()}))
     return ckpt
 
 

@@ -12,7 +12,7 @@ from nemotron3_super.recipes import RECIPES
 from nemotron3_super.recipes.layout import check_layout, layout_of
 
 SUPER_PATTERN = "MEMEMEM*EMEMEMEM*EMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEM*EMEMEMEME"
-LORA_TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj"]
+LORA_TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj"]  # the published set
 
 COMMON = {  # FACTS.md "Training facts", every mode
     "optimizer.optimizer": "adam", "optimizer.adam_beta1": 0.9, "optimizer.adam_beta2": 0.95,
@@ -120,12 +120,13 @@ def test_tiny_recipes_pass_the_hosts_own_validation(recipes) -> None:
 
 # ---------------------------------------------------------------------------------- overrides
 def test_dotted_overrides_apply_and_revalidate(recipes) -> None:
-    from nemotron3_super.launch import _validated_arch, apply_cli_overrides
+    from nemotron3_super.recipes.dry_run import validated_arch
+    from nemotron3_super.recipes.overrides import apply_cli_overrides
 
     cfg = recipes.nemotron3_super_pretrain_config()
     apply_cli_overrides(cfg, ['model.hybrid_override_pattern="MEME*ME"', "model.num_layers=7",
                               "train.train_iters=100", "+env_vars.NCCL_DEBUG=INFO"])
-    arch = _validated_arch(cfg)
+    arch = validated_arch(cfg)
     assert arch.hybrid_override_pattern == "MEME*ME" and cfg.train.train_iters == 100
     assert cfg.env_vars == {"NCCL_DEBUG": "INFO"}
 
@@ -137,7 +138,7 @@ def test_dotted_overrides_apply_and_revalidate(recipes) -> None:
     ("+model.num_layer=7", "model.num_layers"),  # '+' would add a key the host then ignores
 ])
 def test_unknown_override_key_suggests_closest(recipes, override: str, suggestion: str) -> None:
-    from nemotron3_super.launch import ConfigKeyError, apply_cli_overrides
+    from nemotron3_super.recipes.overrides import ConfigKeyError, apply_cli_overrides
 
     cfg = recipes.nemotron3_super_pretrain_config()
     with pytest.raises(ConfigKeyError, match=f"unknown config key .*did you mean .*'{suggestion}'"):
@@ -145,17 +146,17 @@ def test_unknown_override_key_suggests_closest(recipes, override: str, suggestio
 
 
 def test_train_iters_override_stretches_the_schedule(recipes) -> None:
-    from nemotron3_super.launch import _follow_train_iters, apply_cli_overrides
+    from nemotron3_super.recipes.overrides import apply_cli_overrides, follow_train_iters
 
     cfg = recipes.nemotron3_super_pretrain_config()
     apply_cli_overrides(cfg, ["train.train_iters=100"])
-    _follow_train_iters(cfg, ["train.train_iters=100"], 2000)
+    follow_train_iters(cfg, ["train.train_iters=100"], 2000)
     s = cfg.scheduler
     assert (s.lr_decay_iters, s.lr_warmup_iters, s.lr_wsd_decay_iters) == (100, 10, 20)
 
 
 def test_config_problems(recipes) -> None:
-    from nemotron3_super.launch import config_problems
+    from nemotron3_super.recipes.dry_run import config_problems
 
     cfg = recipes.nemotron3_super_lora_config()
     assert config_problems(cfg, "finetune", launching=False) == []

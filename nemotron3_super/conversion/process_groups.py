@@ -1,0 +1,102 @@
+"""Process groups and devices for conversion and tests: torchrun's group or a one-rank one, megatron-core's
+parallel state at TP/EP/PP, a folder shared by all ranks, and megatron-core's CUDA-device calls on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def _backend(device: str) -> str:
+    """gloo for CPU tensors; with CUDA present, NCCL for CUDA tensors too (the host's TP mappings move
+    replicated tensors to the current GPU at TP > 1, even when the model itself is on CPU)."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r}: expected one of {DEVICES}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' (--device cuda) needs a CUDA GPU; none is visible to torch here")
+    if not torch.cuda.is_available():
+        return "gloo"
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > torch.cuda.device_count():
+        if device == "cuda":
+            raise RuntimeError(f"device='cuda': {world} ranks but {torch.cuda.device_count()} GPU(s) visible "
+                               "(one GPU per rank; or use --device cpu)")
+        return "gloo"
+    torch.cuda.set_device(local)
+    return "cpu:gloo,cuda:nccl"
+
+
+def init_process_group(backend: str) -> None:
+    """torchrun's group, from its environment; a plain process gets a one-rank group on an in-process store.
+    No TCP port is picked, so processes started side by side (parallel test workers, two conversions)
+    cannot race for one, and nothing is written into ``os.environ`` for child processes to inherit."""
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+@contextlib.contextmanager
+def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -> Iterator[None]:
+    """Process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
+    TP ``tp`` / EP ``ep`` / PP ``pp``, unless the caller (tests, a training job) already made them.
+    ``device`` is where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
+    made_group = not dist.is_initialized()
+    if made_group:
+        init_process_group(_backend(device))
+    elif device == "cuda" and not torch.cuda.is_available():
+        _backend(device)  # raises the clear message
+    made_parallel = not parallel_state.model_parallel_is_initialized()
+    if made_parallel:
+        if dist.get_world_size() % (tp * ep * pp):
+            raise ValueError(f"world size {dist.get_world_size()} is not a multiple of tp={tp} x ep={ep} x pp={pp}"
+                             " (start one torchrun process per shard)")
+        parallel_state.initialize_model_parallel(tp, pp, expert_model_parallel_size=ep)
+    try:
+        yield
+    finally:
+        if made_parallel:
+            parallel_state.destroy_model_parallel()
+        if made_group:
+            dist.destroy_process_group()
+
+
+def single_process_group() -> contextlib.AbstractContextManager:
+    """TP = EP = PP = 1 (the CPU default)."""
+    return parallel_group(1, 1)
+
+
+def shared_temp_dir(parent: Path, prefix: str) -> Path:
+    """A temporary folder made by rank 0, the same path on every rank."""
+    import tempfile
+
+    path = [tempfile.mkdtemp(prefix=prefix, dir=parent) if dist.get_rank() == 0 else None]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(path, src=0)
+    return Path(path[0])
+
+
+@contextlib.contextmanager
+def cpu_current_device() -> Iterator[None]:
+    """Only without CUDA, scoped to model construction and the conversion loop: megatron-core 0.19
+    allocates a few tensors with ``device=torch.cuda.current_device()`` even under
+    ``use_cpu_initialization``, and the host's ReplicatedMapping moves tensors there at TP > 1; here that
+    call returns the default device (cpu) instead of failing for want of a driver. Restored on exit."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.current_device
+    torch.cuda.current_device = torch.get_default_device
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = original

@@ -1,0 +1,63 @@
+"""House rules that are about the source itself: file and function sizes, and what a light module imports.
+
+A function over 60 lines must say why in a comment starting ``# long:`` on one of its first lines (the
+``def`` line, or the lines of its docstring or body up to the tenth)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_DIRS = ("nemotron3_super", "plugins", "recipes", "tests", "benchmarks")
+MAX_FILE_LINES = 400  # outside benchmarks/
+MAX_FUNCTION_LINES = 60
+
+
+def python_files() -> list[Path]:
+    return sorted(p for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def long_functions(path: Path) -> list[str]:
+    """``file:line name (N lines)`` for each function over the limit without a ``# long:`` comment."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for node in ast.walk(ast.parse("\n".join(lines), filename=str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            head = lines[node.lineno - 1:node.lineno + 9]
+            if length > MAX_FUNCTION_LINES and not any("# long:" in line for line in head):
+                out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def test_no_source_file_over_400_lines_outside_benchmarks() -> None:
+    files = [p for p in python_files() if "benchmarks" not in p.relative_to(ROOT).parts]
+    assert len(files) > 50
+    too_long = {str(p.relative_to(ROOT)): n for p in files
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES}
+    assert not too_long, f"files over {MAX_FILE_LINES} lines: {too_long}"
+
+
+def test_no_long_function_without_a_reason() -> None:
+    found = [f for p in python_files() for f in long_functions(p)]
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines without a '# long:' comment: {found}"
+
+
+def test_the_function_check_sees_a_long_function(tmp_path: Path, monkeypatch) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def f():\n{body}\n\n\ndef g():  # long: one table\n{body}\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert long_functions(tmp_path / "m.py") == [f"m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_peft_writer_imports_no_host() -> None:
+    """``convert export-lora`` reads a host-written adapter folder with the PEFT writer alone: importing
+    it must not import Megatron-Bridge (34 s of imports before the split)."""
+    code = ("import sys, nemotron3_super.conversion.peft_export\n"
+            "print(sorted({m.split('.')[0] + '.' + m.split('.')[1] for m in sys.modules"
+            " if m.startswith('megatron.')}))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
