@@ -87,8 +87,8 @@ class SuperArchitecture:
         require(pattern, "hybrid_override_pattern is empty: expected at least one layer")
         n_mtp = self.num_nextn_predict_layers
         require(isinstance(n_mtp, int) and n_mtp >= 0 and (n_mtp > 0) == bool(mtp),
-                 f"num_nextn_predict_layers={n_mtp!r} with mtp_hybrid_override_pattern={mtp!r}: "
-                 "expected an integer >= 0, and an MTP pattern exactly when it is > 0")
+                f"num_nextn_predict_layers={n_mtp!r} with mtp_hybrid_override_pattern={mtp!r}: "
+                "expected an integer >= 0, and an MTP pattern exactly when it is > 0")
         for key, kind in COMMON_KEYS.items():
             check_type(key, getattr(self, key), kind)
         used = self.layer_kinds
@@ -96,38 +96,38 @@ class SuperArchitecture:
             for key, kind in keys.items():
                 value = getattr(self, key)
                 require(value is not None or sym not in used, f"{key} is required because the "
-                         f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
+                        f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
                 if value is not None:
                     check_type(key, value, kind)
         if "*" in used:
             q, kv = self.num_attention_heads, self.num_key_value_heads
             require(q % kv == 0, f"num_attention_heads={q} is not divisible by "
-                     f"num_key_value_heads={kv}: expected whole query groups per KV head")
+                    f"num_key_value_heads={kv}: expected whole query groups per KV head")
             require(not self.attention_bias, "attention_bias=True: expected False; "
-                     "transformers' NemotronH attention has no bias, such weights would not load")
+                    "transformers' NemotronH attention has no bias, such weights would not load")
         if "M" in used:
             heads, groups = self.mamba_num_heads, self.n_groups
             require(heads % groups == 0, f"mamba_num_heads={heads} is not divisible by "
-                     f"n_groups={groups}: expected whole heads per B/C (and norm) group")
+                    f"n_groups={groups}: expected whole heads per B/C (and norm) group")
         if "E" in used:
             self._check_moe()
 
     def _check_moe(self) -> None:
         n, k, h = self.n_routed_experts, self.num_experts_per_tok, self.hidden_size
         require(k <= n, f"num_experts_per_tok={k} is larger than n_routed_experts={n}: "
-                 "expected top-k <= number of routed experts")
+                "expected top-k <= number of routed experts")
         require(self.n_shared_experts == 1, f"n_shared_experts={self.n_shared_experts}: "
-                 "expected 1 (NemotronH builds exactly one shared-expert MLP)")
+                "expected 1 (NemotronH builds exactly one shared-expert MLP)")
         latent = self.moe_latent_size
         if latent is not None:
             check_type("moe_latent_size", latent, int)
             require(latent <= h, f"moe_latent_size={latent} is larger than hidden_size={h}: "
-                     "expected a latent no wider than the model")
+                    "expected a latent no wider than the model")
         groups, topk_groups = self.n_group, self.topk_group
         require(n % groups == 0 and topk_groups <= groups, f"n_group={groups}, topk_group="
-                 f"{topk_groups}: expected n_group | n_routed_experts={n}, topk_group <= n_group")
+                f"{topk_groups}: expected n_group | n_routed_experts={n}, topk_group <= n_group")
         require(not self.mlp_bias, "mlp_bias=True with MoE layers: expected False; "
-                 "transformers' NemotronH experts have no bias")
+                "transformers' NemotronH experts have no bias")
 
     def validate_parallelism(self, tp: int = 1, ep: int = 1, pp: int = 1, etp: int = 1, *,
                              allow_kv_replication: bool = True) -> None:
@@ -138,7 +138,7 @@ class SuperArchitecture:
         """
         for name, value in (("tp", tp), ("ep", ep), ("pp", pp), ("etp", etp)):
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     f"{name}={value!r}: expected a positive integer parallel size")
+                    f"{name}={value!r}: expected a positive integer parallel size")
         used = self.layer_kinds
         checks = {"*": [("num_attention_heads", tp, "tp")],
                   "M": [("mamba_num_heads", tp, "tp"), ("n_groups", tp, "tp")],
@@ -149,14 +149,14 @@ class SuperArchitecture:
             for field, size, name in rules:
                 value = getattr(self, field)
                 require(sym not in used or value % size == 0, f"{field}={value} is not divisible "
-                         f"by {name}={size}: expected an equal share on every rank")
+                        f"by {name}={size}: expected an equal share on every rank")
         kv = self.num_key_value_heads
         if "*" in used and kv % tp and not (allow_kv_replication and tp % kv == 0):
             how = " or a multiple of it (KV-head replication)" if allow_kv_replication else ""
             raise arch_error(f"num_key_value_heads={kv} does not fit tp={tp}: expected tp to divide "
                        f"it{how}")
         require(pp <= self.num_hidden_layers, f"pp={pp} exceeds num_hidden_layers="
-                 f"{self.num_hidden_layers}: expected at least one layer per pipeline stage")
+                f"{self.num_hidden_layers}: expected at least one layer per pipeline stage")
 
     # ------------------------------------------------------------------ derived sizes
     @property

@@ -68,7 +68,7 @@ def check_type(name: str, value: Any, kind: type) -> None:
     else:  # sizes and scales must be positive
         number = isinstance(value, kind if kind is int else (int, float))
         require(number and not isinstance(value, bool) and value > 0,
-                 f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'} > 0")
+                f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'} > 0")
 
 
 def check_symbols(field: str, pattern: Any) -> None:
@@ -76,16 +76,7 @@ def check_symbols(field: str, pattern: Any) -> None:
     require(isinstance(pattern, str), f"{field}={pattern!r}: expected a string of layer symbols")
     for pos, sym in enumerate(pattern):
         require(sym in SYMBOLS, f"{field} has unknown layer symbol {sym!r} at position {pos} "
-                 f"(expected one of {', '.join(repr(s) for s in SYMBOLS)})")
-
-
-def _blocks_to_pattern(field: str, blocks: Any) -> str:
-    require(isinstance(blocks, (list, tuple)),
-             f"{field}={blocks!r}: expected a list of block-type names")
-    for pos, name in enumerate(blocks):
-        require(name in _BLOCK_TO_SYMBOL, f"{field} has unknown block type {name!r} at position "
-                 f"{pos} (expected one of {sorted(_BLOCK_TO_SYMBOL)})")
-    return "".join(_BLOCK_TO_SYMBOL[name] for name in blocks)
+                f"(expected one of {', '.join(repr(s) for s in SYMBOLS)})")
 
 
 def _blocks_to_pattern(field: str, blocks: Any) -> str:
@@ -122,10 +113,10 @@ def _read_pattern(get: Any, str_key: str, list_key: str, required: bool) -> str:
     if blocks is not None:
         from_list = _blocks_to_pattern(list_key, blocks)
         require(text is None or from_list == text,
-                 f"{str_key}={text!r} disagrees with {list_key} (= {from_list!r})")
+                f"{str_key}={text!r} disagrees with {list_key} (= {from_list!r})")
         text = from_list
     require(text is not None or not required,
-             f"config is missing required key {str_key!r} (or {list_key!r})")
+            f"config is missing required key {str_key!r} (or {list_key!r})")
     return text or ""
 
 

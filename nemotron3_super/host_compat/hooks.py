@@ -34,11 +34,14 @@ class _FixingLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         transform = _SOURCE.get(self._name)
+        source = changed = None
         if transform is not None and self._origin:
             with open(self._origin, encoding="utf-8") as fh:
                 source = fh.read()
-            exec(compile(transform(source), self._origin, "exec"), module.__dict__)  # noqa: S102
-        else:
+            changed = transform(source)
+        if changed is not None and changed != source:
+            exec(compile(changed, self._origin, "exec"), module.__dict__)  # noqa: S102
+        else:  # nothing to change: the real loader (and its bytecode cache)
             self._loader.exec_module(module)
         for fix in _AFTER.get(self._name, ()):
             fix(module)

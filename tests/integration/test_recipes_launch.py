@@ -159,6 +159,7 @@ def converted_meta(tmp_path: Path) -> Path:
     """What `convert import` leaves beside the weights: nemotron3_super.json with the HF config (a dry
     run reads only that)."""
     from nemotron3_super.architecture import tiny_super
+    from nemotron3_super.conversion.megatron_io import META_FILE
 
     ckpt = tmp_path / "tiny_megatron"
     ckpt.mkdir()
