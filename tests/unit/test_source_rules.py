@@ -61,3 +61,22 @@ def test_peft_writer_imports_no_host() -> None:
             " if m.startswith('megatron.')}))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """pyproject.toml lists packages by name: a new package folder missing there works in an editable
+    checkout and is absent from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"nemotron3_super": ROOT / "nemotron3_super", "nemotron3_super.plugins": ROOT / "plugins",
+               "nemotron3_super.recipes": ROOT / "recipes"}
+    found = set()
+    for name, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            if "__pycache__" not in parts:
+                found.add(".".join([name, *parts]))
+    found.add("nemotron3_super.configs")  # package data only (config.json files)
+    assert found == listed, (f"in the tree, not in pyproject: {sorted(found - listed)}; "
+                             f"listed but absent: {sorted(listed - found)}")
