@@ -104,7 +104,8 @@ def test_checkpoints_convert_bit_exact_across_specs(converted, tmp_path: Path, w
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_te_forward_agrees_with_the_local_spec(converted, dtype: str) -> None:
     from nemotron3_super.architecture import tiny_super
-    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint, single_process_group
+    from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint
+    from nemotron3_super.conversion.process_groups import single_process_group
 
     torch_dtype = getattr(torch, dtype)
     tokens, positions, _ = _batch()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # builds a megatron-core model (needs mamba-ssm, 
 
 
 def test_local_spec_checkpoint_keys_are_the_te_specs(model_parallel) -> None:
-    from nemotron3_super.conversion.megatron_io import cpu_current_device
+    from nemotron3_super.conversion.process_groups import cpu_current_device
     from nemotron3_super.provider import SuperModelProvider
 
     model_parallel(tp=1, ep=1, pp=1)
