@@ -22,8 +22,9 @@ from nemotron3_super.errors import CheckpointError
 from nemotron3_super.hf_config import HF_ARCHITECTURE
 
 # Files that travel with the weights when a checkpoint folder is written anew: tokenizer, generation config,
-# chat template, remote code.
-COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")
+# chat template; remote code (executed by transformers under trust_remote_code) only when asked.
+COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja")
+REMOTE_CODE_SUFFIXES = (".py",)
 HF_NAME_ALIASES = {"backbone.embedding.weight": "backbone.embeddings.weight"}  # transformers 5.12 spelling
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.conversion.hf_io import COPY_SUFFIXES, CheckpointError, HFCheckpoint
+from nemotron3_super.conversion.hf_io import COPY_SUFFIXES, REMOTE_CODE_SUFFIXES, CheckpointError, HFCheckpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -174,7 +174,7 @@ def write_merged_base(hf_base: str | Path, deltas: list[LoraDelta], out: Path) -
         writer.add(name, t)
     writer.close()
     for extra in Path(hf_base).iterdir():
-        if extra.is_file() and extra.suffix in COPY_SUFFIXES and \
+        if extra.is_file() and extra.suffix in COPY_SUFFIXES + REMOTE_CODE_SUFFIXES and \
                 extra.name != "model.safetensors.index.json":
             shutil.copy2(extra, out / extra.name)
 

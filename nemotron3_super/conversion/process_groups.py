@@ -1,11 +1,10 @@
 """Process groups and devices for conversion and tests: torchrun's group or a one-rank one, megatron-core's
-parallel state at TP/EP/PP, a folder shared by all ranks, and megatron-core's CUDA-device calls on CPU."""
+parallel state at TP/EP/PP, and megatron-core's CUDA-device calls on CPU."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -73,16 +72,6 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -
 def single_process_group() -> contextlib.AbstractContextManager:
     """TP = EP = PP = 1 (the CPU default)."""
     return parallel_group(1, 1)
-
-
-def shared_temp_dir(parent: Path, prefix: str) -> Path:
-    """A temporary folder made by rank 0, the same path on every rank."""
-    import tempfile
-
-    path = [tempfile.mkdtemp(prefix=prefix, dir=parent) if dist.get_rank() == 0 else None]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(path, src=0)
-    return Path(path[0])
 
 
 @contextlib.contextmanager
