@@ -62,28 +62,30 @@ def test_unknown_fp8_scaling_is_named() -> None:
         precision_plan(tiny_super(), FP8, fp8_scaling="mx")
 
 
-@pytest.mark.skipif(unsupported_reason(FP8) is None, reason="this machine runs FP8 (GPU with TE)")
-def test_fp8_falls_back_to_bf16_with_the_reason() -> None:
+def _finalized_with_fallback(precision: str, match: str = "", **kwargs):  # noqa: ANN202 - (provider, warnings)
+    """A tiny provider asking for ``precision`` that falls back at ``finalize()`` with a warning matching ``match``."""
     from nemotron3_super.provider import PrecisionFallbackWarning, SuperModelProvider
 
-    provider = SuperModelProvider.from_architecture(tiny_super(), precision=FP8)
-    with pytest.warns(PrecisionFallbackWarning, match=r"precision='fp8' cannot run here: .*(no CUDA GPU|"
-                                                      r"compute capability).*Falling back to precision='bf16'"):
+    provider = SuperModelProvider.from_architecture(tiny_super(), precision=precision, **kwargs)
+    with pytest.warns(PrecisionFallbackWarning, match=match) as record:
         provider.finalize()
+    return provider, record
+
+
+@pytest.mark.skipif(unsupported_reason(FP8) is None, reason="this machine runs FP8 (GPU with TE)")
+def test_fp8_falls_back_to_bf16_with_the_reason() -> None:
+    provider, _ = _finalized_with_fallback(FP8, r"precision='fp8' cannot run here: .*(no CUDA GPU|"
+                                                r"compute capability).*Falling back to precision='bf16'")
     assert provider.precision == BF16 and provider.fp8 is None and provider.quant_recipe is None
 
 
 @pytest.mark.skipif(unsupported_reason(NVFP4) is None, reason="this machine runs NVFP4 (Blackwell with TE)")
 def test_nvfp4_fallback_names_the_fp8_option_and_honours_it() -> None:
-    from nemotron3_super.provider import PrecisionFallbackWarning, SuperModelProvider
+    from nemotron3_super.provider import SuperModelProvider
 
-    provider = SuperModelProvider.from_architecture(tiny_super(), precision=NVFP4)
-    with pytest.warns(PrecisionFallbackWarning, match=r"Falling back to precision='bf16'.*"
-                                                      r"precision_fallback='fp8' runs the FP8 plan instead"):
-        provider.finalize()
-    asked = SuperModelProvider.from_architecture(tiny_super(), precision=NVFP4, precision_fallback=FP8)
-    with pytest.warns(PrecisionFallbackWarning) as record:
-        asked.finalize()
+    _finalized_with_fallback(NVFP4, r"Falling back to precision='bf16'.*"
+                                    r"precision_fallback='fp8' runs the FP8 plan instead")
+    asked, record = _finalized_with_fallback(NVFP4, precision_fallback=FP8)
     if unsupported_reason(FP8) is None:  # Hopper with TE: the FP8 plan runs
         assert asked.precision == FP8 and asked.fp8 == "hybrid"
     else:  # no FP8 here either: BF16, and the warning does not promise FP8
