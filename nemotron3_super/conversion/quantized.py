@@ -217,9 +217,9 @@ def plan_layout(tensors: dict[str, TensorInfo], scheme: QuantScheme) -> tuple[di
                                                                 parts.get("weight_scale_2"), (weight.shape[0], cols))
                 hidden.update(parts[p].name for p in scales)
     for key, fmt in scheme.layers.items():
-        if not any(_matches(m, key) and "weight" in parts for m, parts in modules.items()):
+        if not any(_matches(m, key) for m in modules):  # (scales without a weight are reported above)
             problems.append(f"{key}: listed as {fmt} in quantized_layers of {scheme.source}, but the checkpoint "
-                            "has no weight for it")
+                            "has no tensor for it")
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise CheckpointError(f"{len(problems)} quantized-layout problem(s): " + "; ".join(problems[:20]) + more)
