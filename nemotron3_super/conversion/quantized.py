@@ -34,6 +34,7 @@ ACTIVATION_SCALES = ("input_scale", "k_scale", "v_scale")  # inference-time acti
 E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float32)
 _BYTE = torch.arange(256)
 BYTE_PAIRS = torch.stack([E2M1[_BYTE & 0x0F], E2M1[_BYTE >> 4]], dim=-1)  # byte -> (even col: low, odd col: high)
+_PAIR_BITS = BYTE_PAIRS.view(torch.int64).view(-1)  # the two float32 of a byte as one 8-byte word: one gather
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
@@ -42,7 +43,7 @@ def dequantize_nvfp4(packed: torch.Tensor, scale: torch.Tensor, scale_2: torch.T
     float8_e4m3fn block scales ``[out, in/16]`` and the float32 global scale: ``E2M1[code] * (scale * scale_2)``,
     ModelOpt's operations in ModelOpt's order (so bit-identical)."""
     out, half = packed.shape
-    values = BYTE_PAIRS[packed.int()].view(out, -1, NVFP4_GROUP)  # float32 [out, in/16, 16]
+    values = torch.take(_PAIR_BITS, packed.long()).view(torch.float32).view(out, -1, NVFP4_GROUP)  # [out, in/16, 16]
     block = scale.float() * scale_2.float().reshape(())  # float32 [out, in/16]
     return values.mul_(block.unsqueeze(-1)).view(out, 2 * half)
 
