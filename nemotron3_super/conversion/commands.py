@@ -124,7 +124,7 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
                     target.data = converted.detach().to(target.device, copy=True)
                     report.kept_wider.append(pair.megatron)
             report.tensors += len(pair.hf)
-            report.bytes += sum(src.stored_nbytes(h) for h in pair.hf)
+            report.bytes += sum(src.nbytes(h) for h in pair.hf)
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
                 "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
         if isinstance(src, DequantizedCheckpoint):

@@ -252,7 +252,7 @@ class DequantSummary:
 class DequantizedCheckpoint(HFCheckpoint):
     """A ModelOpt checkpoint seen as the unquantized release: ``tensors`` lists each quantized weight once
     with its dequantized shape and the release dtype (scales hidden); ``get`` dequantizes in float32, then
-    casts to ``dtype``. ``config`` has no ``quantization_config`` (kept in ``quantization_config``)."""
+    casts to ``out_dtype``. ``config`` has no ``quantization_config`` (kept in ``quantization_config``)."""
 
     def __init__(self, source: HFCheckpoint, scheme: QuantScheme, dtype: torch.dtype | None = None) -> None:
         vars(self).update(vars(source))
@@ -263,16 +263,16 @@ class DequantizedCheckpoint(HFCheckpoint):
             raise CheckpointError(f"{self.folder}: {exc}") from None
         self.quantization_config = self.config.pop("quantization_config", None)
         release = config_dtype(self.config)
-        self.dtype = dtype or release
+        self.out_dtype = dtype or release
         self.tensors = {n: i for n, i in self.stored.items() if n not in hidden}
         for name, q in self.quantized.items():
             self.tensors[name] = TensorInfo(name, q.weight.file, q.weight.stored_name, _DTYPE_NAMES[release],
                                             q.shape, q.weight.offset)
-        self.summary = DequantSummary(scheme.algo, str(self.dtype).removeprefix("torch."),
+        self.summary = DequantSummary(scheme.algo, str(self.out_dtype).removeprefix("torch."),
                                       Counter(q.format for q in self.quantized.values()),
                                       sum(q.nbytes for q in self.quantized.values()),
                                       sum(q.shape[0] * q.shape[1] for q in self.quantized.values())
-                                      * self.dtype.itemsize,
+                                      * self.out_dtype.itemsize,
                                       sum(1 for n in hidden if n.rsplit(".", 1)[-1] in ACTIVATION_SCALES))
 
     def dequantize(self, name: str) -> torch.Tensor:
@@ -283,12 +283,17 @@ class DequantizedCheckpoint(HFCheckpoint):
         return dequantize_fp8(self.read(q.weight), self.read(q.scale))
 
     def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name``: a quantized weight dequantized and cast to ``dtype``, anything else as stored."""
-        return self.dequantize(name).to(self.dtype) if name in self.quantized else super().get(name)
+        """Tensor ``name``: a quantized weight dequantized and cast to ``out_dtype``, anything else as stored."""
+        return self.dequantize(name).to(self.out_dtype) if name in self.quantized else super().get(name)
 
-    def stored_nbytes(self, name: str) -> int:
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype ``get`` returns."""
+        return self.out_dtype if name in self.quantized else super().dtype(name)
+
+    def nbytes(self, name: str) -> int:
+        """Bytes read from disk for ``name`` (a quantized weight: packed data and scales)."""
         q = self.quantized.get(name)
-        return q.nbytes if q is not None else super().stored_nbytes(name)
+        return q.nbytes if q is not None else super().nbytes(name)
 
 
 def open_checkpoint(folder: str | Path, dtype: torch.dtype | None = None) -> HFCheckpoint:

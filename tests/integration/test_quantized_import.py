@@ -99,7 +99,7 @@ def test_export_is_a_plain_bf16_folder_that_loads_in_transformers(converted, sch
         assert torch.isfinite(model(torch.tensor([[1, 5, 9, 2, 7, 3]])).logits).all()
 
 
-def test_float32_import_keeps_the_float32_dequantization(converted, tmp_path: Path) -> None:
+def test_float32_import_keeps_the_float32_dequantization(converted, process_group, tmp_path: Path) -> None:
     from megatron.core import dist_checkpointing
 
     from nemotron3_super.cli import main
