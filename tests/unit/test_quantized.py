@@ -131,7 +131,8 @@ def test_layout_errors_name_the_module(tmp_path: Path, case: str, needle: str) -
     elif case == "scale_dtype":
         edit = lambda t: t.update({f"{EXPERT}.weight_scale": t[f"{EXPERT}.weight_scale"].float()})  # noqa: E731
     elif case == "scale_shape":
-        edit = lambda t: t.update({f"{EXPERT}.weight_scale": t[f"{EXPERT}.weight_scale"][:, :2].contiguous()})  # noqa: E731
+        edit = lambda t: t.update(  # noqa: E731
+            {f"{EXPERT}.weight_scale": t[f"{EXPERT}.weight_scale"][:, :2].contiguous()})
     elif case == "missing_global_scale":
         edit = lambda t: t.pop(f"{EXPERT}.weight_scale_2")  # noqa: E731
     elif case == "listed_absent":
