@@ -162,16 +162,18 @@ def test_checkpoint_exception_becomes_one_line_naming_file_and_cause(tmp_path: P
 
 @pytest.mark.parametrize("config, needle", [
     ([1, 2], r"config.json: a JSON list, expected an object of config fields"),
-    ({"architectures": ["NemotronHForCausalLM"], "quantization_config": "fp8"},
-     r"quantization_config \(fp8\) present: quantized checkpoints are refused"),
+    ({"quantization_config": "fp8"},
+     r"config.json: quantization_config='fp8' is a str, expected an object"),
 ], ids=["list", "quantization-string"])
-def test_malformed_config_is_named(tmp_path: Path, capsys, config, needle: str) -> None:  # noqa: ANN001
-    """Case 9."""
+def test_malformed_config_is_named(tiny, tmp_path: Path, capsys, config, needle: str) -> None:  # noqa: ANN001
+    """Case 9: a config.json that is a list; a real config whose quantization_config is a string."""
     import re
 
     from nemotron3_super.cli import main
 
-    (tmp_path / "hf").mkdir()
+    shutil.copytree(tiny["hf"], tmp_path / "hf")
+    if isinstance(config, dict):
+        config = {**json.loads((tmp_path / "hf" / "config.json").read_text()), **config}
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     assert main(["convert", "import", "--hf-model", str(tmp_path / "hf"), "--megatron-path",
                  str(tmp_path / "out")]) == 2
