@@ -183,11 +183,7 @@ class LatentMoELayer(MoELayer):
 
         self.fc1_latent_proj = latent_proj(h, latent, config.init_method, "fc1_latent_proj")
         self.fc2_latent_proj = latent_proj(latent, h, config.output_layer_init_method, "fc2_latent_proj")
-        dispatchers = {"allgather": MoEAllGatherTokenDispatcher, "alltoall": MoEAlltoAllTokenDispatcher,
-                       "flex": MoEFlexTokenDispatcher}
-        if config.moe_token_dispatcher_type not in dispatchers:
-            raise ValueError(f"Unsupported token dispatcher type: {config.moe_token_dispatcher_type}")
-        self.token_dispatcher = dispatchers[config.moe_token_dispatcher_type](
+        self.token_dispatcher = token_dispatcher_class(config.moe_token_dispatcher_type)(
             self.num_local_experts, self.local_expert_indices, config=config, pg_collection=pg_collection)
         self.experts = submodules.experts(self.num_local_experts, config, pg_collection=pg_collection,
                                           name=f"{name}.experts" if name is not None else None)
@@ -200,6 +196,20 @@ class LatentMoELayer(MoELayer):
         self.cudagraph_tensor_store = MoECudaGraphTensorStore()
         self.fwd_execution_map = ["route", "expert_compute", "postprocess"]
         self.setup_delayed_wgrad_for_dispatch_backward_overlap()
+
+
+def token_dispatcher_class(kind: str) -> type:
+    """megatron-core's dispatcher for ``moe_token_dispatcher_type``. Without CUDA, "alltoall" (the
+    provider's default, so a checkpoint's run_config.yaml rebuilds the same on a GPU) is served by the
+    all-gather one: alltoall creates a CUDA stream when built; neither holds weights and both send each
+    token to the same experts (only the communication pattern differs)."""
+    dispatchers = {"allgather": MoEAllGatherTokenDispatcher, "alltoall": MoEAlltoAllTokenDispatcher,
+                   "flex": MoEFlexTokenDispatcher}
+    if kind not in dispatchers:
+        raise ValueError(f"moe_token_dispatcher_type={kind!r}: expected one of {sorted(dispatchers)}")
+    if kind == "alltoall" and not torch.cuda.is_available():
+        return MoEAllGatherTokenDispatcher
+    return dispatchers[kind]
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 transformers 5.12 builds and saves the model, then the folder is made to look like a release:
 ``backbone.embeddings`` (it writes ``embedding``), the MTP block added (it writes no ``mtp.*``; names and
-shapes from :meth:`SuperArchitecture.hf_tensors`), router correction biases kept FP32 (it casts them).
+shapes from :meth:`SuperArchitecture.hf_tensors`), router correction biases kept FP32 (it casts them), and
+a byte-level tokenizer (``demo_tokenizer``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from nemotron3_super.architecture import SuperArchitecture, nano_30b_a3b, tiny_super
+from nemotron3_super.conversion.demo_tokenizer import write_demo_tokenizer
 from nemotron3_super.conversion.hf_io import FP32_SUFFIX, HF_NAME_ALIASES
 
 
@@ -67,6 +69,7 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config_dict = arch.to_hf_config_dict(json.loads((folder / "config.json").read_text()))
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    write_demo_tokenizer(folder, arch.vocab_size)  # the host's tools load one (AutoBridge.import_ckpt)
     return folder
 
 
