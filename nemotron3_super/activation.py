@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable  # already imported at start-up; typing is not (it would cost ms)
 
 ENV_PLUGINS = "MEGATRON_BRIDGE_PLUGINS"
 ENV_STRICT = "MEGATRON_BRIDGE_PLUGINS_STRICT"
@@ -54,25 +54,25 @@ def _run(actions: list[Callable[[], None]], where: str) -> None:
 class _Loader:
     """Wraps the real loader of a watched module: actions before and after it executes."""
 
-    def __init__(self, inner: Any, name: str) -> None:
+    def __init__(self, inner: object, name: str) -> None:
         self.inner, self.name = inner, name
 
-    def create_module(self, spec: Any) -> Any:
+    def create_module(self, spec: object) -> object:
         return self.inner.create_module(spec)
 
-    def exec_module(self, module: Any) -> None:
+    def exec_module(self, module: object) -> None:
         _run(_BEFORE.pop(self.name, []), f"before {self.name}")
         self.inner.exec_module(module)
         _run(_AFTER.pop(self.name, []), f"after {self.name}")
 
-    def __getattr__(self, attr: str) -> Any:  # get_source, is_package, resource readers, ...
+    def __getattr__(self, attr: str) -> object:  # get_source, is_package, resource readers, ...
         return getattr(self.inner, attr)
 
 
 class _Finder:
     """Meta-path finder at the front of ``sys.meta_path``; a dict lookup for every other module."""
 
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if name not in _BEFORE and name not in _AFTER:
             return None
         for finder in sys.meta_path:

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Sequence
 
+from nemotron3_super.upstream_flags import add_parallel_sizes, add_trust_remote_code, notes
+
 
 def _plugin_set(args: argparse.Namespace):  # noqa: ANN202
     from nemotron3_super.plugins.manager import load_plugins
@@ -135,6 +137,7 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                        help="where the Megatron model lives: cpu (default, any machine) or cuda (one GPU per "
                             "rank, NCCL; needs the model shard to fit in GPU memory)")
+        add_trust_remote_code(p)
         p.set_defaults(func=cmd_convert)
     imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
                      help="layer spec of the Megatron model (parameter names differ)")
@@ -149,12 +152,16 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
                       help="write a copy of --hf-model here with the adapters PEFT cannot take merged in")
     lora.set_defaults(func=cmd_export_lora)
     rt = sub.add_parser("roundtrip", help="HF -> Megatron -> HF and a bit-exact audit of every tensor")
-    rt.add_argument("--hf-model", required=True)
+    rt.add_argument("--hf-model", "--hf-model-id", dest="hf_model", required=True)
     rt.add_argument("--megatron-load-path", default=None, help="export this checkpoint instead of importing")
+    add_parallel_sizes(rt)
+    add_trust_remote_code(rt)
     rt.set_defaults(func=cmd_roundtrip)
     cmp_ = sub.add_parser("compare", help="HF vs Megatron forward pass (needs a CUDA GPU)")
-    cmp_.add_argument("--hf-model-path", required=True)
-    cmp_.add_argument("--megatron-model-path", required=True)
+    cmp_.add_argument("--hf-model-path", "--hf_model_path", dest="hf_model_path", required=True)
+    cmp_.add_argument("--megatron-model-path", "--megatron_model_path", dest="megatron_model_path", required=True)
+    add_parallel_sizes(cmp_)
+    add_trust_remote_code(cmp_)
     cmp_.add_argument("--prompt", default="Hello who are ")
     cmp_.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     cmp_.add_argument("--max-rel-l2", type=float, default=1e-4, help="exit 1 above this logits rel-L2")
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    notes(args)
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback

@@ -14,6 +14,9 @@ below is named, installed only when torch sees no CUDA device, idempotent, and a
 - :func:`cpu_rng_state_at_save`: the checkpoint writer's ``get_rng_state`` reads
   ``torch.cuda.get_rng_state()``; without CUDA that entry is an empty tensor (there is no CUDA RNG;
   loading it on a GPU fails loudly instead of seeding from a made-up state).
+- :func:`cpu_torch_dist_save`: megatron-core's torch_dist writer stages tensors with a non-blocking copy
+  and ``torch.cuda.synchronize()``, and broadcasts its failure flag as a CUDA tensor; without CUDA it
+  stages with a blocking copy and broadcasts on CPU (:func:`cpu_save_callbacks`). Same files, same format.
 """
 
 from __future__ import annotations
@@ -162,6 +165,46 @@ def cpu_rng_state_at_save() -> bool:
     return _wrap(checkpointing, "get_rng_state", make)
 
 
+def _finalize_on_cpu(storage_writer: Any, global_metadata: Any, dist_wrapper: Any) -> None:
+    """megatron-core's ``save_state_dict_async_finalize`` with the failure flag broadcast on CPU."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint import CheckpointException
+    from torch.distributed.checkpoint.utils import _get_failure_dict
+
+    all_results = dist_wrapper.gather_object(storage_writer.retrieve_write_results())
+    failures = {}
+    if dist_wrapper.is_coordinator:
+        failures = _get_failure_dict(all_results)
+        if not failures:
+            storage_writer.finish(global_metadata, all_results)
+    flag = torch.tensor([int(bool(failures))], dtype=torch.int)
+    dist.broadcast(flag, src=dist_wrapper.coordinator_rank, group=dist_wrapper.group)
+    if flag.item():
+        raise CheckpointException("write", failures)
+
+
+def cpu_save_callbacks(self: Any, writer: Any, save_state_dict_ret: Any, async_strategy: str) -> Any:
+    """``TorchDistSaveShardedStrategy._get_save_and_finalize_callbacks`` without CUDA: blocking staging
+    copy (no ``torch.cuda.synchronize``), failure flag on CPU."""
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+    save_fn, _, save_args = writer.get_save_function_and_args()
+    preload_fn = functools.partial(writer.preload_tensors, writer.write_buckets, False) if save_fn else None
+    return AsyncRequest(save_fn, save_args, [lambda: _finalize_on_cpu(*save_state_dict_ret)],
+                        preload_fn=preload_fn)
+
+
+def cpu_torch_dist_save() -> bool:
+    """Fix 4 (see module docstring). Returns whether it is active."""
+    if not _cuda_missing():
+        return False
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    return _wrap(TorchDistSaveShardedStrategy, "_get_save_and_finalize_callbacks",
+                 lambda original: lambda self, *args: cpu_save_callbacks(self, *args))
+
+
 def _deferred(module: str, fix: Callable[[], bool]) -> Callable[[], bool]:
     """``fix`` once ``module`` is imported (it takes seconds to import; most processes never do)."""
     def install() -> bool:
@@ -177,7 +220,7 @@ def _deferred(module: str, fix: Callable[[], bool]) -> Callable[[], bool]:
 
 def apply_cpu_fixes() -> list[str]:
     """Install every fix above that applies here; returns the names of the active ones."""
-    fixes = (cpu_process_group, cpu_rng_tracker,
+    fixes = (cpu_process_group, cpu_rng_tracker, cpu_torch_dist_save,
              _deferred("megatron.bridge.training.checkpointing", cpu_rng_state_at_save))
     active = [fix.__name__ for fix in fixes if fix()]
     if active:

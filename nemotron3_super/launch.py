@@ -262,7 +262,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
     if mode == "pretrain":
         p.add_argument("--nvfp4", action="store_true", help="the published NVFP4 recipe (Blackwell)")
-        p.add_argument("--data-blend", metavar="JSON", help="per-split blend JSON (default: mock data)")
+        p.add_argument("--data-blend", "--per-split-data-args-path", dest="data_blend", metavar="JSON",
+                       help="per-split blend JSON (default: mock data); the second spelling is the upstream one")
     else:
         p.add_argument("--peft", choices=("none", "lora"), default="none", help="LoRA or full SFT")
         p.add_argument("--squad-jsonl", metavar="PATH", help="local SQuAD-format JSONL instead of the Hub")

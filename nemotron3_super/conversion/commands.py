@@ -27,9 +27,9 @@ from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
                                               ShardedWriter)
 from nemotron3_super.conversion.mapping import check_coverage, layer_offset, megatron_tensors, module_of, plan
-from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
-                                                    parallel_group, read_meta, run_provider, save_checkpoint,
-                                                    shared_temp_dir)
+from nemotron3_super.conversion.megatron_io import (build_model, checkpoint_root, cpu_current_device,
+                                                    load_checkpoint, parallel_group, read_meta, run_provider,
+                                                    save_checkpoint, shared_temp_dir)
 
 _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")  # tokenizer, generation config, chat template
@@ -154,7 +154,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
     TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files."""
     start = time.perf_counter()
-    ref, megatron_path = HFCheckpoint(hf_model), Path(megatron_path)
+    ref, megatron_path = HFCheckpoint(hf_model), checkpoint_root(Path(megatron_path))
     meta = read_meta(megatron_path)
     if meta.get("hf_config") and SuperArchitecture.from_hf_config(meta["hf_config"]) != ref.arch:
         raise CheckpointError(f"{megatron_path}: imported from a different architecture than "

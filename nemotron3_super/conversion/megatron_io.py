@@ -16,7 +16,6 @@ is the same strategy with those two steps done on CPU (a subclass, nothing in me
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 from pathlib import Path
@@ -27,10 +26,10 @@ import torch.distributed as dist
 
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.host_compat import ensure_host_importable
+from nemotron3_super.host_cpu import cpu_save_callbacks
 
 ensure_host_importable()
 from megatron.core import dist_checkpointing, parallel_state  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest  # noqa: E402
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy  # noqa: E402
 
 ITERATION_DIR = "iter_0000000"
@@ -168,33 +167,10 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
     return model.eval()
 
 
-def _finalize_on_cpu(storage_writer: Any, global_metadata: Any, dist_wrapper: Any) -> None:
-    """megatron-core's ``save_state_dict_async_finalize`` with the failure flag broadcast on CPU."""
-    from torch.distributed.checkpoint import CheckpointException
-    from torch.distributed.checkpoint.utils import _get_failure_dict
-
-    all_results = dist_wrapper.gather_object(storage_writer.retrieve_write_results())
-    failures = {}
-    if dist_wrapper.is_coordinator:
-        failures = _get_failure_dict(all_results)
-        if not failures:
-            storage_writer.finish(global_metadata, all_results)
-    flag = torch.tensor([int(bool(failures))], dtype=torch.int)
-    dist.broadcast(flag, src=dist_wrapper.coordinator_rank, group=dist_wrapper.group)
-    if flag.item():
-        raise CheckpointException("write", failures)
-
-
 class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
-    """torch_dist save that runs without a GPU: tensors are staged with a blocking copy (no
-    ``torch.cuda.synchronize``) and the write-failure flag travels as a CPU tensor. Same files, same format."""
+    """torch_dist save that runs without a GPU (``host_cpu.cpu_save_callbacks``). Same files, same format."""
 
-    def _get_save_and_finalize_callbacks(self, writer: Any, save_state_dict_ret: Any,
-                                         async_strategy: str) -> AsyncRequest:
-        save_fn, _, save_args = writer.get_save_function_and_args()
-        preload_fn = functools.partial(writer.preload_tensors, writer.write_buckets, False) if save_fn else None
-        return AsyncRequest(save_fn, save_args, [lambda: _finalize_on_cpu(*save_state_dict_ret)],
-                            preload_fn=preload_fn)
+    _get_save_and_finalize_callbacks = cpu_save_callbacks
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
@@ -252,6 +228,14 @@ def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp
     from nemotron3_super.provider import SuperModelProvider
 
     return SuperModelProvider.from_architecture(arch, spec_impl=spec_impl, **_provider_fields(arch, dtype, tp, ep, pp))
+
+
+def checkpoint_root(path: Path) -> Path:
+    """The checkpoint folder for ``path`` given as the folder or as its ``iter_0000000/`` (the host's tools
+    and the upstream page use the latter)."""
+    if path.name == ITERATION_DIR and not (path / ITERATION_DIR).is_dir() and (path.parent / ITERATION_DIR).is_dir():
+        return path.parent
+    return path
 
 
 def read_meta(path: Path) -> dict[str, Any]:

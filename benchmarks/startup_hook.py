@@ -1,0 +1,62 @@
+"""What the start-up hook (``nemotron3_super.pth``) costs a Python process that never imports megatron.
+
+The .pth line imports ``nemotron3_super.activation`` and calls ``install()`` (a meta-path finder; nothing
+else). Measured in fresh interpreters, as CPU time (``time.process_time``: stable on a shared, loaded
+machine, where wall time mostly measures waiting): the import + ``install()`` redone in-process from the
+same bytecode cache the start-up used, and the whole ``python -c pass`` start with the hook on and with
+the off switch ``MEGATRON_BRIDGE_PLUGINS=""``. Medians over ``--runs``. Target: < 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+REIMPORT = """
+import sys, time
+for name in ("nemotron3_super.activation", "nemotron3_super"):
+    sys.modules.pop(name, None)
+t0 = time.process_time_ns()
+import nemotron3_super.activation as a
+a.uninstall()
+a.install(force=True)
+print(time.process_time_ns() - t0)
+"""
+
+
+def hook_cpu_ms(env: dict[str, str]) -> float:
+    """CPU ms of importing the hook module and installing the finder, in one fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", REIMPORT], capture_output=True, text=True, env=env, check=True)
+    return int(out.stdout.strip()) / 1e6
+
+
+def start_cpu_ms(env: dict[str, str]) -> float:
+    """CPU ms (user + sys) of a whole ``python -c pass``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=31)
+    args = parser.parse_args()
+    base = {k: v for k, v in os.environ.items() if k != "MEGATRON_BRIDGE_PLUGINS"}
+    off = {**base, "MEGATRON_BRIDGE_PLUGINS": ""}
+    hook = statistics.median(hook_cpu_ms(base) for _ in range(args.runs))
+    start_on = statistics.median(start_cpu_ms(base) for _ in range(args.runs))
+    start_off = statistics.median(start_cpu_ms(off) for _ in range(args.runs))
+    print(f"| what (CPU time, median of {args.runs} fresh interpreters) | ms |")
+    print("| --- | --- |")
+    print(f"| import nemotron3_super.activation + install() | {hook:.2f} |")
+    print(f"| `python -c pass`, hook on (default) | {start_on:.1f} |")
+    print(f'| `python -c pass`, off switch `MEGATRON_BRIDGE_PLUGINS=""` | {start_off:.1f} |')
+
+
+if __name__ == "__main__":
+    main()
