@@ -13,8 +13,10 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "nemotron3_super.pth"
-# One line; the work (and the off switch) is in nemotron3_super.activation, stdlib only.
-PTH_LINE = "import nemotron3_super.activation as _n3s; _n3s.install()\n"
+# One line (site runs lines that start with "import"). The off switch MEGATRON_BRIDGE_PLUGINS="" is read
+# here, so with it not even this package is imported; the work is in nemotron3_super.activation (stdlib only).
+PTH_LINE = ("import os; os.environ.get('MEGATRON_BRIDGE_PLUGINS', 'all').strip() and "
+            "__import__('nemotron3_super.activation').activation.install()\n")
 
 
 class BuildWithPth(build_py):

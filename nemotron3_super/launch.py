@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from nemotron3_super.recipes import RECIPES
+from nemotron3_super.upstream_flags import add_training_flags, training_overrides
 from nemotron3_super.recipes.layout import LayoutError, check_layout, layout_of
 from nemotron3_super.recipes.memory import estimate_memory, settings_of
 
@@ -260,6 +261,7 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                            "launch: must equal torchrun's WORLD_SIZE")
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="per-GPU memory for the fit check")
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
+    add_training_flags(p)
     if mode == "pretrain":
         p.add_argument("--nvfp4", action="store_true", help="the published NVFP4 recipe (Blackwell)")
         p.add_argument("--data-blend", "--per-split-data-args-path", dest="data_blend", metavar="JSON",
@@ -279,7 +281,12 @@ def main(mode: str, argv: list[str] | None = None) -> int:
     else:
         name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
         kwargs = {"squad_jsonl": args.squad_jsonl}
-    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus,
+    try:
+        overrides = training_overrides(args) + list(args.overrides)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_recipe(name, overrides, dry_run=args.dry_run, gpus=args.gpus,
                       gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
 
 
@@ -313,6 +320,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
              gpus: int | None) -> tuple[Any, Any, Any, list[str]]:
     """Recipe -> overrides -> validation; raises with every problem named."""
     from nemotron3_super import recipes
+    from nemotron3_super.recipes.adapt import adapt_to_gpus
 
     mode = "pretrain" if RECIPES[name].mode == "pretrain" else "finetune"
     cfg = getattr(recipes, name)(**recipe_kwargs)
@@ -324,6 +332,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; plain `python -m` is one process
     # a dry run plans for --gpus or the recipe's own GPU count; a launch runs on the real world size
     planned = (gpus or _recipe_gpus(name)) if dry_run else world
+    adapt_to_gpus(cfg, overrides, planned, arch)  # sizes the user did not set follow the GPUs and the model
     layout = layout_of(cfg, planned)
     problems = config_problems(cfg, mode, launching=not dry_run)
     if not dry_run and gpus and gpus != world:

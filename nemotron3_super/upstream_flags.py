@@ -41,3 +41,39 @@ def notes(args: argparse.Namespace) -> None:
         say_once("trust_remote_code", TRUST_REMOTE_CODE_NOTE)
     if args.command in ("roundtrip", "compare") and any(getattr(args, n, 1) != 1 for n in ("tp", "ep", "pp")):
         say_once("parallel", PARALLEL_NOTE.format(command=args.command))
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """``--seq-length`` and ``--config-file`` as the host's example training scripts take them."""
+    parser.add_argument("--seq-length", type=int, help="model and dataset sequence length (tokens)")
+    parser.add_argument("--config-file", metavar="YAML",
+                        help="YAML of config sections (model:, train:, ...) applied before the dotted overrides")
+
+
+def _flatten(tree: object, prefix: str = "") -> list[str]:
+    if isinstance(tree, dict):
+        return [o for k, v in tree.items() for o in _flatten(v, f"{prefix}{k}.")]
+    import json
+
+    return [f"{prefix[:-1]}={json.dumps(tree) if isinstance(tree, str) else tree}"] if prefix else []
+
+
+def training_overrides(args: argparse.Namespace) -> list[str]:
+    """Dotted overrides for ``--config-file`` (first) and ``--seq-length``; the command line's own come after
+    them, so they win. A YAML that is not a mapping of sections is an error naming the file."""
+    out: list[str] = []
+    if args.config_file:
+        import yaml
+
+        try:
+            with open(args.config_file, encoding="utf-8") as fh:
+                tree = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--config-file {args.config_file}: no such file") from None
+        if not isinstance(tree, dict):
+            raise ValueError(f"--config-file {args.config_file}: expected a mapping of config sections "
+                             f"(model:, train:, ...), got {type(tree).__name__}")
+        out += _flatten(tree)
+    if args.seq_length is not None:
+        out += [f"model.seq_length={args.seq_length}", f"dataset.seq_length={args.seq_length}"]
+    return out

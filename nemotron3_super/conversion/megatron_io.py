@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.host_compat import ensure_host_importable
-from nemotron3_super.host_cpu import cpu_save_callbacks
+from nemotron3_super.host_cpu import cpu_as_current_device, cpu_save_callbacks
 
 ensure_host_importable()
 from megatron.core import dist_checkpointing, parallel_state  # noqa: E402
@@ -117,12 +117,8 @@ def cpu_current_device() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    original = torch.cuda.current_device
-    torch.cuda.current_device = torch.get_default_device
-    try:
+    with cpu_as_current_device():
         yield
-    finally:
-        torch.cuda.current_device = original
 
 
 def _provider_fields(arch: SuperArchitecture, dtype: torch.dtype, tp: int = 1, ep: int = 1,

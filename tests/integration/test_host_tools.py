@@ -1,5 +1,5 @@
 """The host's own tools, after ``pip install``, with no call into this package: its AutoBridge in a plain
-script, and its ``r0.6.0`` conversion worker (vendored in tests/peer/conversion, unchanged), on CPU.
+script, and its ``r0.6.0`` conversion worker (vendored in tests/peer/vendor/conversion, unchanged), on CPU.
 
 Each runs in a fresh interpreter, where only the installed start-up hook (``nemotron3_super.pth``)
 brings our bridge and the host's CPU fixes; the output must be bit-identical to the input.
@@ -20,7 +20,7 @@ from nemotron3_super.conversion.audit import audit
 from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
-WORKER = Path(__file__).resolve().parents[1] / "peer" / "conversion" / "run_conversion.py"
+WORKER = Path(__file__).resolve().parents[1] / "peer" / "vendor" / "conversion" / "run_conversion.py"
 TIMEOUT_S = 1800  # a fresh `import megatron.bridge` alone takes 15 s idle, minutes on a loaded CI box
 
 AUTOBRIDGE_SCRIPT = """

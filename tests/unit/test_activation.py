@@ -16,7 +16,7 @@ from nemotron3_super.activation import ENV_PLUGINS
 PROBE = """
 import sys
 hooked = any(type(f).__module__ == "nemotron3_super.activation" for f in sys.meta_path)
-print(hooked, "torch" in sys.modules, "megatron" in sys.modules)
+print(hooked, "torch" in sys.modules, "megatron" in sys.modules, "nemotron3_super" in sys.modules)
 """
 
 
@@ -30,15 +30,17 @@ def _python(args: list[str], cwd: Path | None = None, **env: str) -> str:
 
 def test_the_pth_file_is_installed_next_to_the_package() -> None:
     pth = Path(sysconfig.get_paths()["purelib"]) / "nemotron3_super.pth"
-    assert pth.read_text().strip() == "import nemotron3_super.activation as _n3s; _n3s.install()"
+    from nemotron3_super._build import PTH_LINE
+
+    assert pth.read_text() == PTH_LINE
 
 
 def test_every_interpreter_gets_the_hook_and_nothing_heavy() -> None:
-    assert _python(["-c", PROBE]) == "True False False"
+    assert _python(["-c", PROBE]) == "True False False True"
 
 
 def test_empty_plugin_list_is_the_off_switch() -> None:
-    assert _python(["-c", PROBE], **{ENV_PLUGINS: ""}) == "False False False"
+    assert _python(["-c", PROBE], **{ENV_PLUGINS: ""}) == "False False False False"  # not even imported
 
 
 def test_spawned_helper_processes_get_it_too(tmp_path: Path) -> None:
@@ -56,7 +58,7 @@ def test_run_executes_a_script_as_main_with_its_arguments(tmp_path: Path) -> Non
     script = tmp_path / "tool.py"
     script.write_text("import sys\n" + PROBE + "print(__name__, sys.argv[1:], sys.path[0])\n")
     out = _python(["-m", "nemotron3_super.run", str(script), "a", "--b=1"], cwd=tmp_path, **{ENV_PLUGINS: ""})
-    assert out.splitlines() == ["True False False", f"__main__ ['a', '--b=1'] {tmp_path}"]
+    assert out.splitlines() == ["True False False True", f"__main__ ['a', '--b=1'] {tmp_path}"]
 
 
 def test_run_executes_a_module(tmp_path: Path) -> None:
