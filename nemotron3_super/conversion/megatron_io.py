@@ -10,7 +10,8 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
-is the same strategy with those two steps done on CPU (a subclass, nothing in megatron-core is patched).
+is the same strategy with those two steps done on CPU (a subclass with ``host_cpu.cpu_save_callbacks``; the
+host's own saves get the same from the ``cpu_torch_dist_save`` host fix, only where there is no CUDA).
 """
 
 from __future__ import annotations
@@ -98,16 +99,6 @@ def single_process_group() -> contextlib.AbstractContextManager:
     return parallel_group(1, 1)
 
 
-def shared_temp_dir(parent: Path, prefix: str) -> Path:
-    """A temporary folder made by rank 0, the same path on every rank."""
-    import tempfile
-
-    path = [tempfile.mkdtemp(prefix=prefix, dir=parent) if dist.get_rank() == 0 else None]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(path, src=0)
-    return Path(path[0])
-
-
 @contextlib.contextmanager
 def cpu_current_device() -> Iterator[None]:
     """Only without CUDA, scoped to model construction and the conversion loop: megatron-core 0.19
@@ -169,6 +160,25 @@ class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
     _get_save_and_finalize_callbacks = cpu_save_callbacks
 
 
+@contextlib.contextmanager
+def in_process_write_results() -> Iterator[None]:
+    """The checkpoint writer reports its results through a queue that megatron-core, by default, creates
+    with a *spawned* ``multiprocessing.Manager`` (plus the resource tracker spawn starts): two helper
+    processes that outlive a SIGKILLed conversion, and whose start re-runs a calling script that lacks
+    ``if __name__ == "__main__"``. Our save is synchronous (the writer runs in this process), so a plain
+    thread-safe queue carries the same results with no helper process. Restored on exit."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    previous = filesystem_async._results_queue
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = previous
+
+
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
@@ -182,8 +192,9 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], pr
     strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
-    dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
-                            str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
+    with in_process_write_results():
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
+                                str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
     if dist.get_rank() == 0:
         if provider is not None:
             _write_host_files(path, provider)
