@@ -72,6 +72,9 @@ def values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("upstream")
     blend = root / "blend.json"
     prefix = str(root / "data" / "text_document")
+    (root / "data").mkdir()
+    for suffix in (".bin", ".idx"):  # a dry run checks that the blend's files exist; it reads none
+        Path(prefix + suffix).write_bytes(b"")
     blend.write_text(json.dumps({"train": [1.0, prefix], "valid": [1.0, prefix], "test": [1.0, prefix]}))
     return {"HF_MODEL": str(root / "hf"), "MEGATRON_PATH": str(root / "megatron"),
             "OUTPUT_PATH": str(root / "hf-out"), "BLEND_PATH": str(blend), "CHECKPOINT_DIR": str(root / "ckpt")}
