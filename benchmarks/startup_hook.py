@@ -29,9 +29,18 @@ print(time.process_time_ns() - t0)
 """
 
 
-def hook_cpu_ms(env: dict[str, str]) -> float:
+# Calibration on the same machine at the same moment: two small stdlib modules no start-up imports.
+REFERENCE = """
+import time
+t0 = time.process_time_ns()
+import colorsys, fnmatch
+print(time.process_time_ns() - t0)
+"""
+
+
+def hook_cpu_ms(env: dict[str, str], code: str = REIMPORT) -> float:
     """CPU ms of importing the hook module and installing the finder, in one fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", REIMPORT], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.strip()) / 1e6
 
 
@@ -50,11 +59,13 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k != "MEGATRON_BRIDGE_PLUGINS"}
     off = {**base, "MEGATRON_BRIDGE_PLUGINS": ""}
     hook = statistics.median(hook_cpu_ms(base) for _ in range(args.runs))
+    reference = statistics.median(hook_cpu_ms(off, REFERENCE) for _ in range(args.runs))
     start_on = statistics.median(start_cpu_ms(base) for _ in range(args.runs))
     start_off = statistics.median(start_cpu_ms(off) for _ in range(args.runs))
     print(f"| what (CPU time, median of {args.runs} fresh interpreters) | ms |")
     print("| --- | --- |")
     print(f"| import nemotron3_super.activation + install() | {hook:.2f} |")
+    print(f"| reference: import colorsys, fnmatch (stdlib, same machine and moment) | {reference:.2f} |")
     print(f"| `python -c pass`, hook on (default) | {start_on:.1f} |")
     print(f'| `python -c pass`, off switch `MEGATRON_BRIDGE_PLUGINS=""` | {start_off:.1f} |')
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable  # already imported at start-up; typing is not (it would cost ms)
+
+if False:  # for type checkers only (typing.TYPE_CHECKING): collections.abc is not loaded at start-up
+    from collections.abc import Callable
 
 ENV_PLUGINS = "MEGATRON_BRIDGE_PLUGINS"
 ENV_STRICT = "MEGATRON_BRIDGE_PLUGINS_STRICT"
