@@ -13,10 +13,22 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "nemotron3_super.pth"
-# One line (site runs lines that start with "import"). The off switch MEGATRON_BRIDGE_PLUGINS="" is read
-# here, so with it not even this package is imported; the work is in nemotron3_super.activation (stdlib only).
-PTH_LINE = ("import os; os.environ.get('MEGATRON_BRIDGE_PLUGINS', 'all').strip() and "
-            "__import__('nemotron3_super.activation').activation.install()\n")
+# The .pth line (site executes lines that start with "import"). It must cost next to nothing in a process that
+# never imports megatron, so it only puts a trigger on sys.meta_path: when ``megatron`` is first imported, the
+# trigger removes itself and imports nemotron3_super.activation (the package registers the host fixes as import
+# hooks; install() adds the plugin installation). The off switch MEGATRON_BRIDGE_PLUGINS="" is read here.
+TRIGGER_SOURCE = """
+if os.environ.get("MEGATRON_BRIDGE_PLUGINS", "all").strip() and not any(
+        type(f).__name__ == "Nemotron3SuperTrigger" for f in sys.meta_path):  # site-packages seen twice
+    class Nemotron3SuperTrigger:
+        def find_spec(self, name, path=None, target=None):
+            if name == "megatron":
+                sys.meta_path.remove(self)
+                __import__("nemotron3_super.activation").activation.install()
+            return None
+    sys.meta_path.insert(0, Nemotron3SuperTrigger())
+"""
+PTH_LINE = f"import os, sys; exec({TRIGGER_SOURCE!r})\n"
 
 
 class BuildWithPth(build_py):

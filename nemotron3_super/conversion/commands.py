@@ -23,7 +23,7 @@ from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
                                               ShardedWriter)
-from nemotron3_super.conversion.mapping import check_coverage, layer_offset, megatron_tensors, module_of, plan
+from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (build_model, checkpoint_root, cpu_current_device,
                                                     load_checkpoint, parallel_group, read_meta, run_provider,
                                                     save_checkpoint)
@@ -201,7 +201,7 @@ def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pair
     two stages hold (the word embedding, which megatron-core copies onto the MTP stage) is walked once."""
     from megatron.core import parallel_state
 
-    from nemotron3_super.conversion.mapping import Pair, global_name, hf_names, registry_for
+    from nemotron3_super.bridge.pairing import Pair, global_name, hf_names, registry_for
 
     stages = parallel_state.get_pipeline_model_parallel_world_size()
     if stages == 1:

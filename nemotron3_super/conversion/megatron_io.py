@@ -10,7 +10,7 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
-is the same strategy with those two steps done on CPU (a subclass with ``host_cpu.cpu_save_callbacks``; the
+is the same strategy with those two steps done on CPU (a subclass with ``host_compat.cuda_on_cpu.cpu_save_callbacks``; the
 host's own saves get the same from the ``cpu_torch_dist_save`` host fix, only where there is no CUDA).
 """
 
@@ -24,14 +24,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-from nemotron3_super.host_cpu import cpu_as_current_device, cpu_save_callbacks
-
-ensure_host_importable()
-from megatron.core import dist_checkpointing, parallel_state  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy  # noqa: E402
+from nemotron3_super.host_compat.cuda_on_cpu import cpu_as_current_device, cpu_save_callbacks
 
 ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"
@@ -155,7 +152,7 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
 
 
 class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
-    """torch_dist save that runs without a GPU (``host_cpu.cpu_save_callbacks``). Same files, same format."""
+    """torch_dist save that runs without a GPU (``host_compat.cuda_on_cpu.cpu_save_callbacks``). Same files, same format."""
 
     _get_save_and_finalize_callbacks = cpu_save_callbacks
 

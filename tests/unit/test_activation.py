@@ -15,8 +15,15 @@ from nemotron3_super.activation import ENV_PLUGINS
 
 PROBE = """
 import sys
-hooked = any(type(f).__module__ == "nemotron3_super.activation" for f in sys.meta_path)
-print(hooked, "torch" in sys.modules, "megatron" in sys.modules, "nemotron3_super" in sys.modules)
+trigger = any(type(f).__name__ == "Nemotron3SuperTrigger" for f in sys.meta_path)
+print(trigger, "torch" in sys.modules, "megatron" in sys.modules, "nemotron3_super" in sys.modules)
+"""
+AFTER_MEGATRON = """
+import sys
+import megatron  # the namespace package: what every megatron.core / megatron.bridge import starts with
+import nemotron3_super.activation as a
+import nemotron3_super.host_compat as hc
+print(a.installed(), hc._applied, any(type(f).__name__ == "Nemotron3SuperTrigger" for f in sys.meta_path))
 """
 
 
@@ -35,19 +42,27 @@ def test_the_pth_file_is_installed_next_to_the_package() -> None:
     assert pth.read_text() == PTH_LINE
 
 
-def test_every_interpreter_gets_the_hook_and_nothing_heavy() -> None:
-    assert _python(["-c", PROBE]) == "True False False True"
+def test_every_interpreter_gets_the_trigger_and_nothing_else() -> None:
+    assert _python(["-c", PROBE]) == "True False False False"
+
+
+def test_importing_megatron_installs_the_fixes_and_the_plugin() -> None:
+    assert _python(["-c", AFTER_MEGATRON]) == "True True False"
 
 
 def test_empty_plugin_list_is_the_off_switch() -> None:
-    assert _python(["-c", PROBE], **{ENV_PLUGINS: ""}) == "False False False False"  # not even imported
+    assert _python(["-c", PROBE], **{ENV_PLUGINS: ""}) == "False False False False"
+    assert _python(["-c", AFTER_MEGATRON.replace("import nemotron3_super.activation as a", "a = None")
+                    .replace("import nemotron3_super.host_compat as hc\n", "")
+                    .replace("print(a.installed(), hc._applied, ", "print('nemotron3_super' in sys.modules, ")],
+                   **{ENV_PLUGINS: ""}) == "False False"
 
 
 def test_spawned_helper_processes_get_it_too(tmp_path: Path) -> None:
     script = tmp_path / "spawner.py"
     script.write_text("import multiprocessing as mp, sys\n"
                       "def probe(q):\n"
-                      "    q.put(any(type(f).__module__ == 'nemotron3_super.activation' for f in sys.meta_path))\n"
+                      "    q.put(any(type(f).__name__ == 'Nemotron3SuperTrigger' for f in sys.meta_path))\n"
                       "if __name__ == '__main__':\n"
                       "    ctx = mp.get_context('spawn'); q = ctx.Queue()\n"
                       "    p = ctx.Process(target=probe, args=(q,)); p.start(); print(q.get(timeout=60)); p.join()\n")
@@ -56,9 +71,10 @@ def test_spawned_helper_processes_get_it_too(tmp_path: Path) -> None:
 
 def test_run_executes_a_script_as_main_with_its_arguments(tmp_path: Path) -> None:
     script = tmp_path / "tool.py"
-    script.write_text("import sys\n" + PROBE + "print(__name__, sys.argv[1:], sys.path[0])\n")
+    script.write_text("import sys\nimport nemotron3_super.activation as a\nprint(a.installed())\n"
+                      "print(__name__, sys.argv[1:], sys.path[0])\n")
     out = _python(["-m", "nemotron3_super.run", str(script), "a", "--b=1"], cwd=tmp_path, **{ENV_PLUGINS: ""})
-    assert out.splitlines() == ["True False False True", f"__main__ ['a', '--b=1'] {tmp_path}"]
+    assert out.splitlines() == ["True", f"__main__ ['a', '--b=1'] {tmp_path}"]  # installed despite the switch
 
 
 def test_run_executes_a_module(tmp_path: Path) -> None:
@@ -74,11 +90,10 @@ def test_run_names_a_missing_script(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "nope.py: no such script file" in proc.stderr
 
 
-def test_when_imported_runs_after_the_module_executes(tmp_path: Path) -> None:
+def test_on_import_runs_after_the_module_executes(tmp_path: Path) -> None:
     (tmp_path / "late_mod.py").write_text("VALUE = 1\n")
     code = ("import nemotron3_super.activation as a\nseen = []\n"
-            "a.install(force=True)\n"
-            "a.when_imported('late_mod', lambda: seen.append(__import__('late_mod').VALUE))\n"
+            "a.on_import('late_mod', lambda: seen.append(__import__('late_mod').VALUE))\n"
             "print(seen)\nimport late_mod\nprint(seen)\n")
     assert _python(["-c", code], PYTHONPATH=str(tmp_path)).splitlines() == ["[]", "[1]"]
 
@@ -86,9 +101,9 @@ def test_when_imported_runs_after_the_module_executes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("strict", ["", "1"])
 def test_a_failing_hook_never_breaks_the_import_unless_strict(tmp_path: Path, strict: str) -> None:
     (tmp_path / "late_mod.py").write_text("VALUE = 1\n")
-    code = ("import nemotron3_super.activation as a\na.install(force=True)\n"
+    code = ("import nemotron3_super.activation as a\n"
             "def boom():\n    raise RuntimeError('boom')\n"
-            "a.when_imported('late_mod', boom)\nimport late_mod\nprint(late_mod.VALUE)\n")
+            "a.on_import('late_mod', boom)\nimport late_mod\nprint(late_mod.VALUE)\n")
     base = {k: v for k, v in os.environ.items() if k != ENV_PLUGINS}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**base, "PYTHONPATH": str(tmp_path), "MEGATRON_BRIDGE_PLUGINS_STRICT": strict})

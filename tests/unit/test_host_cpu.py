@@ -1,4 +1,4 @@
-"""The host's CUDA assumptions on a machine without a GPU (nemotron3_super.host_cpu), one test per fix,
+"""The host's CUDA assumptions on a machine without a GPU (nemotron3_super.host_compat.cuda_on_cpu), one test per fix,
 through the host's own functions."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def host_parallel_state():
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import random as mp_random
 
-    from nemotron3_super.host_cpu import cpu_process_group, cpu_rng_tracker
+    from nemotron3_super.host_compat.cuda_on_cpu import cpu_process_group, cpu_rng_tracker
     from nemotron3_super.provider import tiny_super_provider
 
     assert cpu_process_group() and cpu_rng_tracker()
@@ -56,7 +56,7 @@ def test_cpu_rng_state_at_save(host_parallel_state) -> None:
     from megatron.bridge.training import checkpointing
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from nemotron3_super.host_cpu import cpu_rng_state_at_save
+    from nemotron3_super.host_compat.cuda_on_cpu import cpu_rng_state_at_save
 
     assert cpu_rng_state_at_save()
     getter = torch.cuda.get_rng_state
@@ -72,7 +72,7 @@ def test_cpu_torch_dist_save(host_parallel_state, tmp_path) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from nemotron3_super.host_cpu import cpu_torch_dist_save
+    from nemotron3_super.host_compat.cuda_on_cpu import cpu_torch_dist_save
 
     assert cpu_torch_dist_save()
     weight = torch.arange(6.0)

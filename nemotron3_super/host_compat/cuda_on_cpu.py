@@ -27,6 +27,8 @@ import logging
 import os
 from typing import Any, Callable, Iterator
 
+from nemotron3_super.host_compat import hooks
+
 logger = logging.getLogger(__name__)
 
 _MARK = "_nemotron3_super_cpu"  # set on every wrapper this module installs (idempotence)
@@ -205,24 +207,15 @@ def cpu_torch_dist_save() -> bool:
                  lambda original: lambda self, *args: cpu_save_callbacks(self, *args))
 
 
-def _deferred(module: str, fix: Callable[[], bool]) -> Callable[[], bool]:
-    """``fix`` once ``module`` is imported (it takes seconds to import; most processes never do)."""
-    def install() -> bool:
-        if not _cuda_missing():
-            return False
-        from nemotron3_super.activation import when_imported
-
-        when_imported(module, fix)
-        return True
-    install.__name__ = fix.__name__
-    return install
+# host module -> the fix for it, run when the host imports that module (hooks.after_import).
+HOOKED = {"megatron.bridge.models.model_provider": cpu_process_group,
+          "megatron.core.tensor_parallel.random": cpu_rng_tracker,
+          "megatron.core.dist_checkpointing.strategies.torch": cpu_torch_dist_save,
+          "megatron.bridge.training.checkpointing": cpu_rng_state_at_save}
+_HOOKS = {name: (lambda fix: lambda module: fix())(fix) for name, fix in HOOKED.items()}
 
 
-def apply_cpu_fixes() -> list[str]:
-    """Install every fix above that applies here; returns the names of the active ones."""
-    fixes = (cpu_process_group, cpu_rng_tracker, cpu_torch_dist_save,
-             _deferred("megatron.bridge.training.checkpointing", cpu_rng_state_at_save))
-    active = [fix.__name__ for fix in fixes if fix()]
-    if active:
-        logger.info("no CUDA device: host CUDA assumptions handled on CPU (%s)", ", ".join(active))
-    return active
+def install() -> None:
+    """Each fix above runs when the host imports the module it corrects (a no-op on GPU machines)."""
+    for name, hook in _HOOKS.items():
+        hooks.after_import(name, hook)
