@@ -113,6 +113,8 @@ def test_importing_the_package_applies_the_fixes_and_imports_no_host() -> None:
             " sum(isinstance(f, mamba_stub._FallbackFinder) for f in sys.meta_path))\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split("\n")[0] == (
-        "[] ['megatron.bridge.peft.module_matcher', 'megatron.bridge.peft.utils', "
-        "'megatron.bridge.training.initialize', 'megatron.core.optimizer.distrib_optimizer'] "
-        "['megatron.bridge.peft.lora_layers'] 1")
+        "[] ['megatron.bridge.models.model_provider', 'megatron.bridge.peft.module_matcher', "
+        "'megatron.bridge.peft.utils', 'megatron.bridge.training.checkpointing', "
+        "'megatron.bridge.training.initialize', 'megatron.core.dist_checkpointing.strategies.torch', "
+        "'megatron.core.optimizer.distrib_optimizer', 'megatron.core.tensor_parallel.random'] "
+        "['megatron.bridge.peft.lora_layers'] 1")  # cuda_on_cpu hooks four host modules
