@@ -49,6 +49,18 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """Versions, GPUs and the decisions derived from them (layer spec, Mamba path, precision, bridges)."""
+    import contextlib
+
+    from nemotron3_super import env
+
+    with contextlib.redirect_stdout(sys.stderr):  # the host logs to stdout from import on: keep --json clean
+        rows, seconds = env.collect()
+    print(json.dumps(env.as_json(rows, seconds), indent=2) if args.json else env.render(rows, seconds))
+    return 0
+
+
 def _quiet_host() -> None:
     """The host and megatron-core log TE/apex fallbacks at import; conversion output should be the report."""
     import logging
@@ -183,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--strict", action="store_true", help="fail on the first plugin that does not load")
         p.set_defaults(func=func)
+    env = sub.add_parser("env", help="versions, GPUs and what will run here (paste it into bug reports)")
+    env.add_argument("--json", action="store_true", help="machine-readable output")
+    env.set_defaults(func=cmd_env)
     _add_conversion_commands(sub)
     return parser
 
