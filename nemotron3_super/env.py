@@ -43,7 +43,6 @@ KERNELS: tuple[tuple[str, str, str], ...] = (
     ("mamba-ssm CUDA kernels", "selective_scan_cuda", "Mamba-1 selective scan; Nemotron-H uses Mamba-2 only"),
     ("causal-conv1d CUDA kernels", "causal_conv1d_cuda", "the fused conv of Mamba's memory-efficient path"),
 )
-FALLBACK_PRECISION = "bf16"  # what SuperModelProvider continues in when a precision cannot run
 
 
 @dataclass(frozen=True)
@@ -138,17 +137,47 @@ def _layer_spec() -> Iterable[Row]:
               reason or "Transformer Engine is installed and a CUDA GPU is visible")
 
 
+def _finalized(**overrides: Any) -> tuple[Any, list[str]]:
+    """A tiny SuperModelProvider after ``finalize()`` (spec_impl="auto"): the provider's own decisions,
+    and the warnings it raised making them. Builds no model (TransformerConfig checks only, milliseconds)."""
+    from nemotron3_super.provider import tiny_super_provider
+
+    provider = tiny_super_provider(**overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        provider.finalize()
+    return provider, [str(w.message) for w in caught]
+
+
 def _precisions() -> Iterable[Row]:
-    """One row per ``precision.<name>_unsupported_reason`` function (NVFP4 today; FP8 when it has one)."""
+    """What a provider asked for each low-precision plan ends up running, and why (precision's own
+    ``unsupported_reason``; the fallback target is the provider's choice, read after ``finalize()``)."""
     from nemotron3_super import precision
 
-    for attr in sorted(vars(precision)):
-        if not attr.endswith("_unsupported_reason") or not callable(getattr(precision, attr)):
+    for wanted in precision.PRECISIONS:
+        if wanted == precision.BF16:
             continue
-        name = attr.removesuffix("_unsupported_reason").upper()
-        reason = getattr(precision, attr)()
-        value = "runs" if reason is None else f"falls back to {FALLBACK_PRECISION}"
-        yield Row("decisions", f"precision {name}", value, reason or "supported here")
+        provider, messages = _finalized(precision=wanted)
+        got = provider.precision
+        reason = precision.unsupported_reason(wanted, provider.fp8_scaling)
+        if reason is None and got != wanted:  # the provider found another problem (e.g. the local spec)
+            reason = next((m for m in messages if f"precision={wanted!r}" in m), "")
+        label = f"precision {wanted.upper()}" + (f" ({provider.fp8_scaling} scaling)" if wanted == "fp8" else "")
+        yield Row("decisions", label, "runs" if got == wanted else f"falls back to {got}",
+                  reason or "supported here")
+
+
+def _provider_defaults() -> Iterable[Row]:
+    """Provider fields that follow the installation (installed.py, the layer spec), as finalize() left them."""
+    from nemotron3_super import installed
+
+    provider, _ = _finalized()
+    backend = getattr(provider.attention_backend, "name", str(provider.attention_backend))
+    yield Row("decisions", "attention backend", backend,
+              "flash-attn importable" if installed.have_flash_attn() else "flash-attn not installed")
+    yield Row("decisions", "gradient_accumulation_fusion", str(provider.gradient_accumulation_fusion),
+              f"Apex {installed.APEX_WGRAD_MODULE} " + ("importable" if installed.have_apex_wgrad_fusion()
+                                                         else "not installed"))
 
 
 def _mamba() -> Iterable[Row]:
@@ -160,7 +189,7 @@ def _mamba() -> Iterable[Row]:
     if blocked:
         yield Row("decisions", "Mamba layers", "cannot be built", blocked)
         return
-    mem_eff_default = _provider_default("use_mamba_mem_eff_path")
+    mem_eff_default = _finalized()[0].use_mamba_mem_eff_path
     why_not = mamba_path.mem_eff_unavailable()
     if mem_eff_default and why_not:
         value = "mem-eff path unavailable"
@@ -172,18 +201,6 @@ def _mamba() -> Iterable[Row]:
     if not torch.cuda.is_available():
         detail += "; no CUDA GPU: the Triton kernels cannot run (conversion works, Mamba forward does not)"
     yield Row("decisions", "Mamba path", value, detail)
-
-
-def _provider_default(field_name: str) -> Any:
-    """A SuperModelProvider field's default (the provider's own dataclass default, not a copy)."""
-    import dataclasses
-
-    from nemotron3_super.provider import SuperModelProvider
-
-    for f in dataclasses.fields(SuperModelProvider):
-        if f.name == field_name:
-            return f.default_factory() if f.default is dataclasses.MISSING else f.default
-    raise KeyError(f"SuperModelProvider has no field {field_name!r}")
 
 
 def _bridges(plugin_set: Any) -> Iterable[Row]:
@@ -232,6 +249,7 @@ def collect() -> tuple[list[Row], float]:
         rows += _safe("decisions", 'layer spec (spec_impl="auto")', _layer_spec)
         rows += _safe("decisions", "Mamba path", _mamba)
         rows += _safe("decisions", "precision", _precisions)
+        rows += _safe("decisions", "provider defaults", _provider_defaults)
         plugin_set = None
         try:
             from nemotron3_super.plugins.manager import load_plugins

@@ -74,21 +74,33 @@ def test_layer_spec_is_the_library_choice(report: dict[str, env.Row]) -> None:
         assert row.value == "local" and "not installed" in row.detail
 
 
-def test_nvfp4_row_matches_what_the_provider_does(report: dict[str, env.Row]) -> None:
-    """The row says what a provider asked for NVFP4 really ends up in, and why."""
+@pytest.mark.parametrize(("precision", "label"), [("nvfp4", "precision NVFP4"),
+                                                ("fp8", "precision FP8 (current scaling)")])
+def test_precision_rows_match_what_the_provider_does(report: dict[str, env.Row], precision: str,
+                                                     label: str) -> None:
+    """The row says what a provider asked for the plan really ends up in, and why."""
     from nemotron3_super.provider import tiny_super_provider
 
-    provider = tiny_super_provider(precision="nvfp4")
+    provider = tiny_super_provider(precision=precision)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         provider.finalize()
-    row = report["precision NVFP4"]
-    if provider.precision == "nvfp4":
+    row = report[label]
+    if provider.precision == precision:
         assert row.value == "runs"
     else:
         assert row.value == f"falls back to {provider.precision}"
         fallback = [str(w.message) for w in caught if type(w.message).__name__ == "PrecisionFallbackWarning"]
         assert fallback and row.detail in fallback[0]
+
+
+def test_provider_defaults_rows(report: dict[str, env.Row]) -> None:
+    from nemotron3_super.provider import tiny_super_provider
+
+    provider = tiny_super_provider()
+    provider.finalize()
+    assert report["attention backend"].value == provider.attention_backend.name
+    assert report["gradient_accumulation_fusion"].value == str(provider.gradient_accumulation_fusion)
 
 
 def test_mamba_path_follows_the_installed_kernels(report: dict[str, env.Row]) -> None:
