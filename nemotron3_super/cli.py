@@ -61,19 +61,16 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_host() -> None:
-    """The host and megatron-core log TE/apex fallbacks at import; conversion output should be the report."""
-    import logging
-    import warnings
+def _host_output(args: argparse.Namespace) -> None:
+    """Before a command that imports the host (see :func:`host_warnings.command_output`)."""
+    from nemotron3_super.host_warnings import command_output
 
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the checkpoint writer's helper process too
-    logging.disable(logging.WARNING)  # the host resets its loggers to INFO at import; errors still show
+    command_output(verbose=args.verbose)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """HF folder <-> Megatron torch_dist checkpoint (single process, CPU is enough)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion import commands
 
     if args.direction == "import":
@@ -91,7 +88,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
     """Host-written LoRA adapter (on-disk names) -> HF PEFT folder that loads on transformers' NemotronH."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.hf_io import HFCheckpoint
     from nemotron3_super.conversion.peft_export import host_adapter_deltas, write_peft_adapter
 
@@ -104,7 +101,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """HF -> Megatron -> HF, then every tensor compared bit-exactly; exit 1 on any difference."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.commands import roundtrip
 
     report, steps = roundtrip(args.hf_model, args.megatron_load_path)
@@ -116,7 +113,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Forward-pass comparison HF vs Megatron (needs a GPU)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.compare import compare
 
     report = compare(args.hf_model_path, args.megatron_model_path, args.prompt, args.dtype)
@@ -126,7 +123,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Tiny Super: build with transformers, import, export, audit (and compare on a GPU)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.demo import run_demo
 
     return run_demo(args.work_dir)
@@ -186,6 +183,9 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemotron3-super", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every warning and log line of the host (default: its known TE/Apex fallback "
+                             "warnings are one summary line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_ in (
         ("plugins", cmd_plugins, "list Megatron-Bridge plugins found through entry points"),

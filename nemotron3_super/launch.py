@@ -260,6 +260,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                            "launch: must equal torchrun's WORLD_SIZE")
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="per-GPU memory for the fit check")
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every host warning and INFO line "
+                   "(default: the host's known TE/Apex fallback warnings are one summary line)")
     if mode == "pretrain":
         p.add_argument("--nvfp4", action="store_true", help="the published NVFP4 recipe (Blackwell)")
         p.add_argument("--data-blend", metavar="JSON", help="per-split blend JSON (default: mock data)")
@@ -272,26 +274,30 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 def main(mode: str, argv: list[str] | None = None) -> int:
     """CLI entry for ``mode`` "pretrain" or "finetune"; returns the exit status."""
     args = _parser(mode).parse_intermixed_args(argv)  # options may come between the overrides
+    from nemotron3_super.host_warnings import command_output
+
+    command_output(verbose=args.verbose, quiet_info=args.dry_run)  # a launch keeps the host's INFO log
     if mode == "pretrain":
         name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
         kwargs = {"per_split_data_args_path": args.data_blend}
     else:
         name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
         kwargs = {"squad_jsonl": args.squad_jsonl}
-    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus,
+    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus, verbose=args.verbose,
                       gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
 
 
 def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_run: bool = False,
-               gpus: int | None = None, gpu_memory_gib: float = 80.0, **recipe_kwargs: Any) -> int:
+               gpus: int | None = None, gpu_memory_gib: float = 80.0, verbose: bool = False,
+               **recipe_kwargs: Any) -> int:
     """Build recipe ``name`` (see RECIPES), apply dotted overrides, validate, then print the plan
     (``dry_run``) or train on this rank. The one function every front end calls (CLI, NeMo-Run)."""
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=1)
         raise KeyError(f"no recipe named {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                        + f" (recipes: {', '.join(RECIPES)})")
-    if dry_run:  # the host logs INFO lines (and tracebacks of optional imports) on import
-        logging.disable(logging.WARNING)
+    if dry_run and not verbose:  # the host logs INFO lines (and optional-import tracebacks); warnings show
+        logging.disable(logging.INFO)
     try:
         cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
     except (ValueError, ConfigKeyError, FileNotFoundError) as exc:  # LayoutError is a ValueError
