@@ -35,6 +35,11 @@ KNOWN: tuple[KnownWarning, ...] = (
     # megatron-core's spec provider asks TE's version and gets 0.0.0 when TE is absent
     KnownWarning(r"megatron\.core\.extensions\.", "Only transformer-engine>=1.7.0 supports MoE experts, but your "
                                                 "version is 0.0.0"),
+    # imported by the host's model zoo, never used by us
+    KnownWarning(r"megatron\.core\.models\.mimo\.", "MimoModelConfig is experimental and still under active development"),
+    # torch warns at every torch.jit.script use, attributed to its own module (stacklevel 1), so the caller
+    # cannot be told apart: megatron-core decorates its fused kernels with it when imported
+    KnownWarning(r"torch\.jit\._script", "`torch.jit.script` is deprecated", category=FutureWarning),
     # Megatron-Bridge logs, with a traceback, every TE symbol its optional imports do not find
     KnownWarning("megatron.bridge.utils.import_utils", r"Import of \w+ from (megatron\.core\.extensions\."
                                                        r"transformer_engine|transformer_engine)", via_logging=True),
@@ -133,4 +138,4 @@ def summary() -> str | None:
         return None
     absent = " and ".join(name for name, ok in (("Transformer Engine", te), ("Apex", apex)) if not ok)
     uses = ([] if te else ["local layer spec"]) + ([] if te or apex else ["torch optimizers"])
-    return (f"{absent} absent: {', '.join(uses) or 'torch norms'} (host fallback warnings hidden; -v shows them)")
+    return (f"{absent} absent: {', '.join(uses) or 'torch norms'} (the host's fallback warnings hidden; -v shows them)")
