@@ -3,7 +3,7 @@
     source .whl/prelude.sh; python3 benchmarks/train_step.py --json $OUT/train_step.json --profile
     PYTHONPATH=/tmp/ccsite:$PYTHONPATH python3 benchmarks/train_step.py --mamba-path all --profile
     /tmp/v312/bin/python benchmarks/train_step.py --build-only --hidden 256 --vocab 1024 --experts 8 --topk 2
-    python benchmarks/train_step.py --cpu-smoke --hidden 256 --pattern '*E-' --experts 4 --vocab 256 --seq 32 --steps 3
+    python benchmarks/train_step.py --cpu-smoke          # no GPU: the whole script on tiny shapes (SMOKE_SHAPE)
 
 One process builds a scaled-down Super-shaped model (default: hidden 2048, pattern ``MEM*EMEME`` = Super's
 ``MEM*E``/``ME`` rhythm with all three kinds, 32 routed experts top-4, LatentMoE at hidden/4 as Super's
@@ -85,6 +85,10 @@ sys.path.insert(0, str(ROOT))
 from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b  # stdlib only: FLOPs need no torch
 
 EXIT_CANNOT_RUN = 2  # no CUDA device (or the asked-for Mamba path cannot run here)
+EXIT_ALL_FAILED = 1  # every benchmarked row failed: the table has nothing to read
+# --cpu-smoke's defaults: seconds on two CPU cores, no Mamba layer (its scan is Triton-only), every other kind
+SMOKE_SHAPE = {"hidden": 256, "pattern": "*E-", "experts": 4, "topk": 2, "vocab": 256, "seq": 32, "steps": 3,
+               "warmup": 1}
 DEFAULT_PATTERN = "MEM*EMEME"  # 4 Mamba-2, 4 latent MoE, 1 attention; every M and * followed by E, as in Super
 TOP_KERNELS = 15
 # build settings, not model settings: the same for both models (GPU: weights made and initialised on the GPU;
@@ -948,6 +952,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-smoke", action="store_true",
                    help="no GPU: run every step of the script on CPU with wall clocks (tiny shapes without "
                         "Mamba layers, whose scan is Triton-only); checks the script, measures nothing")
+    if p.parse_known_args(argv)[0].cpu_smoke:  # tiny shapes unless given: explicit flags still win
+        p.set_defaults(**SMOKE_SHAPE)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
@@ -1014,6 +1020,15 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(jsonable(report), indent=1))
         print(f"\nwrote {args.json}")
+    return exit_status(report)
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """0, or EXIT_ALL_FAILED (with the first error on stderr) when every benchmarked row failed."""
+    rows = report.get("rows")
+    if rows and all("error" in row for row in rows):
+        print(f"train_step.py: every row failed ({len(rows)}; first: {rows[0]['error']})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     return 0
 
 

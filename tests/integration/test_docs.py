@@ -93,7 +93,7 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run(cmd: list[str], block: Block, cwd: Path) -> None:
     bin_dir = str(Path(sys.executable).parent)  # nemotron3-super, torchrun of this environment
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, (f"{block.doc}:{block.line} ({block.kind} block) failed with exit "
                                   f"{proc.returncode}:\n{block.text}\n--- stdout\n{proc.stdout[-4000:]}"
                                   f"\n--- stderr\n{proc.stderr[-4000:]}")

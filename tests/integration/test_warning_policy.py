@@ -36,16 +36,17 @@ install_into_host()  # ours: logs that our bridge replaces the host's NemotronHB
 pytestmark = pytest.mark.skipif(have_transformer_engine(), reason="the fallback warnings appear without TE only")
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
+def _python(code: str) -> str:
+    """stdout and stderr together, as a terminal shows them (the host's log handler writes to stdout)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "MEGATRON_BRIDGE_PLUGINS_BRIDGE_POLICY")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200,
-                          cwd=tempfile.gettempdir())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, timeout=1200, cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
 
 
 def test_our_warnings_reach_the_user_and_host_fallbacks_are_one_line() -> None:
-    err = _python(SCRIPT.format(verbose=False)).stderr
+    err = _python(SCRIPT.format(verbose=False))
     assert err.count(host_warnings.summary()) == 1
     assert HOST_FALLBACK not in err and "Falling back to Torch Norm" not in err
     assert "Falling back to a user's own path" in err  # same words, not the host's module: shown
@@ -55,7 +56,7 @@ def test_our_warnings_reach_the_user_and_host_fallbacks_are_one_line() -> None:
 
 
 def test_verbose_shows_the_host_fallbacks() -> None:
-    err = _python(SCRIPT.format(verbose=True)).stderr
+    err = _python(SCRIPT.format(verbose=True))
     assert HOST_FALLBACK in err and host_warnings.summary() not in err
     assert "PrecisionFallbackWarning" in err and "replaces host bridge" in err
 
