@@ -99,16 +99,6 @@ def single_process_group() -> contextlib.AbstractContextManager:
     return parallel_group(1, 1)
 
 
-def shared_temp_dir(parent: Path, prefix: str) -> Path:
-    """A temporary folder made by rank 0, the same path on every rank."""
-    import tempfile
-
-    path = [tempfile.mkdtemp(prefix=prefix, dir=parent) if dist.get_rank() == 0 else None]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(path, src=0)
-    return Path(path[0])
-
-
 @contextlib.contextmanager
 def cpu_current_device() -> Iterator[None]:
     """Only without CUDA, scoped to model construction and the conversion loop: megatron-core 0.19
@@ -197,6 +187,25 @@ class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
                             preload_fn=preload_fn)
 
 
+@contextlib.contextmanager
+def in_process_write_results() -> Iterator[None]:
+    """The checkpoint writer reports its results through a queue that megatron-core, by default, creates
+    with a *spawned* ``multiprocessing.Manager`` (plus the resource tracker spawn starts): two helper
+    processes that outlive a SIGKILLed conversion, and whose start re-runs a calling script that lacks
+    ``if __name__ == "__main__"``. Our save is synchronous (the writer runs in this process), so a plain
+    thread-safe queue carries the same results with no helper process. Restored on exit."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    previous = filesystem_async._results_queue
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = previous
+
+
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
@@ -210,8 +219,9 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], pr
     strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
-    dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
-                            str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
+    with in_process_write_results():
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
+                                str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
     if dist.get_rank() == 0:
         if provider is not None:
             _write_host_files(path, provider)

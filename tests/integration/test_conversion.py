@@ -190,8 +190,13 @@ def test_cli_export_refuses_non_empty_output(converted, tmp_path: Path, capsys: 
     assert main(args) == 2
     assert "exists and is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "keep.txt").exists()
-    assert main([*args, "--overwrite"]) == 0
-    assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+    assert main([*args, "--overwrite"]) == 2  # not written by this tool: --overwrite does not delete it
+    assert "was not written by nemotron3-super" in capsys.readouterr().err and (target / "keep.txt").exists()
+    (target / "keep.txt").unlink()
+    assert main(args) == 0  # an empty folder is filled
+    (target / "stale.txt").write_text("left in an earlier export")
+    assert main([*args, "--overwrite"]) == 0  # a folder this tool wrote is replaced as a whole
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
 
 
 def _broken(src: Path, dst: Path, how: str) -> Path:
