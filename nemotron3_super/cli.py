@@ -62,7 +62,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def _host_output(args: argparse.Namespace) -> None:
-    """Before a command that imports the host (see :func:`host_warnings.command_output`)."""
+    """Before a command that imports the host (see :func:`host_warnings.command_output`); ``main``
+    restores the logging level afterwards (tests and scripts call it in their own process)."""
     from nemotron3_super.host_warnings import command_output
 
     command_output(verbose=args.verbose)
@@ -209,12 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
+    logging_disabled = logging.root.manager.disable
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
         print(f"nemotron3-super {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logging.disable(logging_disabled)  # as the caller had it
 
 
 if __name__ == "__main__":

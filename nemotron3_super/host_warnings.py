@@ -94,29 +94,25 @@ def show_all() -> None:
     _log_filters.clear()
 
 
-def pythonwarnings() -> str:
-    """The warning filters above for child processes (``PYTHONWARNINGS``: literal message prefixes, any module)."""
-    return ",".join(f"ignore:{k.message.split(',')[0]}:{k.category.__name__}" for k in KNOWN if not k.via_logging)
-
-
 _announced = False
 
 
-def command_output(*, verbose: bool, quiet_info: bool = True) -> None:
+def command_output(*, verbose: bool, quiet_info: bool = True) -> int:
     """What our commands (CLI, launch modules) do before importing the host: its known TE/Apex fallback
     warnings become one summary line (stderr) and its INFO chatter is off (it sets the root logger to INFO
     at import), so the output is the report or the plan; every other warning (ours, a plugin's, the
     host's others) still shows. ``verbose`` (``-v``): everything, the host's INFO lines included.
-    ``quiet_info=False`` (a training launch) keeps the host's INFO log."""
+    ``quiet_info=False`` (a training launch) keeps the host's INFO log. Returns the previous
+    ``logging.disable`` level, for callers that run in someone else's process to restore."""
+    previous = logging.root.manager.disable
     if verbose:
         show_all()
-        return
+        return previous
     install()
-    # child processes (the checkpoint writer's helpers): the same messages, as PYTHONWARNINGS can say them
-    os.environ.setdefault("PYTHONWARNINGS", pythonwarnings())
     if quiet_info:
         logging.disable(logging.INFO)
     announce()
+    return previous
 
 
 def announce() -> None:

@@ -276,15 +276,18 @@ def main(mode: str, argv: list[str] | None = None) -> int:
     args = _parser(mode).parse_intermixed_args(argv)  # options may come between the overrides
     from nemotron3_super.host_warnings import command_output
 
-    command_output(verbose=args.verbose, quiet_info=args.dry_run)  # a launch keeps the host's INFO log
+    logging_disabled = command_output(verbose=args.verbose, quiet_info=args.dry_run)  # a launch keeps INFO
     if mode == "pretrain":
         name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
         kwargs = {"per_split_data_args_path": args.data_blend}
     else:
         name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
         kwargs = {"squad_jsonl": args.squad_jsonl}
-    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus, verbose=args.verbose,
-                      gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    try:
+        return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus, verbose=args.verbose,
+                          gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    finally:
+        logging.disable(logging_disabled)  # as the caller had it (tests call main in their process)
 
 
 def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_run: bool = False,

@@ -94,7 +94,7 @@ def test_wheel_installed_as_readme_says(tmp_path: Path) -> None:
     cli = str(env_dir / "bin" / "nemotron3-super")
     mamba = [i for i, line in enumerate(lines) if "mamba-ssm" in line]
     assert len(mamba) == 1 and lines[-1] == lines[mamba[0]], "README's mamba-ssm step should be the last line"
-    _run(" && ".join(lines[:-1]), tmp_path, env)  # clone dir, wheel, [recipes] install, megatron-bridge --no-deps
+    _run("\n".join(["set -euo pipefail", *lines[:-1]]), tmp_path, env)  # wheel, [recipes], megatron-bridge
 
     where = _run([str(env_dir / "bin" / "python"), "-c", "import nemotron3_super; print(nemotron3_super.__file__)"],
                  tmp_path, env).stdout.strip()
