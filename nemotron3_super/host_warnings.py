@@ -43,6 +43,8 @@ KNOWN: tuple[KnownWarning, ...] = (
     # Megatron-Bridge logs, with a traceback, every TE symbol its optional imports do not find
     KnownWarning("megatron.bridge.utils.import_utils", r"Import of \w+ from (megatron\.core\.extensions\."
                                                        r"transformer_engine|transformer_engine)", via_logging=True),
+    # torch, when the host's Mamba kernels import torch.utils.cpp_extension on a machine without CUDA
+    KnownWarning("torch.utils.cpp_extension", r"No CUDA runtime is found, using CUDA_HOME", via_logging=True),
     KnownWarning("megatron.bridge.utils.fusions", r"gradient_accumulation_fusion requires either TransformerEngine "
                                                   r"or the fused_weight_gradient_mlp_cuda APEX extension",
                  via_logging=True),

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from nemotron3_super.conversion.demo import DEMO_TMP_PREFIX
+
 REPO = Path(__file__).resolve().parents[2]
 SECTION = "### Installing into an environment that already has torch"
 LATE = ("mamba_ssm", "causal_conv1d")  # linked in at README's mamba step
@@ -107,7 +109,8 @@ def test_wheel_installed_as_readme_says(tmp_path: Path) -> None:
 
     failed = _run([cli, "demo"], tmp_path, env, check=False)  # before the mamba-ssm step
     assert failed.returncode != 0 and "MambaSSM is not installed" in failed.stderr, failed.stderr[-3000:]
-    assert list(user_tmp.iterdir()) == [], "a failed demo left its temporary folder behind"
+    left = [p.name for p in user_tmp.iterdir() if p.name.startswith(DEMO_TMP_PREFIX)]  # torch's caches may stay
+    assert left == [], "a failed demo left its temporary folder behind"
 
     _link_site_packages(deps, LATE, exclude=False)  # stand-in for downloading and building the two sdists
     _run(lines[-1], tmp_path, env)
