@@ -10,6 +10,7 @@ code reports still reach the user. ``show_all()`` (the ``-v`` flag of our comman
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import os
 import re
@@ -113,8 +114,22 @@ def command_output(*, verbose: bool, quiet_info: bool = True) -> int:
     install()
     if quiet_info:
         logging.disable(logging.INFO)
-    announce()
+    if HOST_PACKAGE not in sys.modules and not any(isinstance(f, _AnnounceOnHostImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AnnounceOnHostImport())  # the summary comes when the host is imported
     return previous
+
+
+HOST_PACKAGE = "megatron.core"  # importing it raises the fallback warnings
+
+
+class _AnnounceOnHostImport(importlib.abc.MetaPathFinder):
+    """Prints the summary when the host is first imported, i.e. when its fallback warnings would show; a
+    command that stops before (a refused output folder) prints only its one error line. Finds nothing."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == HOST_PACKAGE:
+            announce()
+        return None
 
 
 def announce() -> None:
