@@ -17,19 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+from megatron.bridge.models.hybrid.hybrid_provider import HybridModelProvider
 from megatron.core.activations import squared_relu
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.quantization.quant_config import RecipeConfig
 from megatron.core.transformer.enums import AttnBackend
 
 from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b
-from nemotron3_super.host_compat import ensure_host_importable
 from nemotron3_super.installed import default_attention_backend, default_gradient_accumulation_fusion
 from nemotron3_super.layer_specs import SPEC_KINDS, local_layer_spec, resolve_spec_kind, te_layer_spec
 from nemotron3_super.precision import BF16, FP8, FP8_SCALINGS, NVFP4, PRECISIONS, precision_plan, unsupported_reason
 
-ensure_host_importable()
-from megatron.bridge.models.hybrid.hybrid_provider import HybridModelProvider  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -24,14 +24,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-
-ensure_host_importable()
-from megatron.core import dist_checkpointing, parallel_state  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy  # noqa: E402
 
 ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"

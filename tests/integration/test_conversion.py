@@ -105,9 +105,7 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
 
 _HOST_LOAD = """
 import sys, torch
-from nemotron3_super.host_compat import ensure_host_importable, ensure_mamba_ssm_importable
-ensure_host_importable()  # no TE on this machine
-ensure_mamba_ssm_importable()  # CI's mamba-ssm is built without its Mamba-1 CUDA module
+import nemotron3_super  # host fixes: no TE here, and CI's mamba-ssm lacks its Mamba-1 CUDA module
 from megatron.bridge.training.model_load_save import load_megatron_model
 from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
 from nemotron3_super.conversion.megatron_io import cpu_current_device
@@ -271,7 +269,7 @@ def test_released_super_mapping_pairs_every_tensor_once(monkeypatch: pytest.Monk
     """At real scale on the meta device: 42,683 HF tensors, each paired with exactly one Megatron tensor
     and back, and every HF->Megatron transform yields the Megatron shape."""
     from nemotron3_super.architecture import super_120b_a12b
-    from nemotron3_super.conversion.mapping import check_coverage, check_shapes, megatron_tensors, plan
+    from nemotron3_super.bridge.pairing import check_coverage, check_shapes, megatron_tensors, plan
     from nemotron3_super.conversion.megatron_io import build_model, single_process_group
 
     arch = super_120b_a12b()

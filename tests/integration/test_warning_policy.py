@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron3_super import host_warnings
+from nemotron3_super.host_compat import warning_filters as host_warnings
 from nemotron3_super.host_compat import have_transformer_engine
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ Without Transformer Engine or Apex, importing Megatron-Bridge / megatron-core pr
 expert linears) and logs the traceback of each TE symbol it fails to import. They say one thing, which
 :func:`summary` says in one line. Each filter names the host module prefix and the message it matches,
 so our own warnings (the bridge replacement, the precision fallback) and anything a plugin or the user's
-code reports still reach the user. ``show_all()`` (the ``-v`` flag of our commands) removes the filters.
+code reports still reach the user. Installed by ``apply_host_fixes()``; ``show_all()`` (the ``-v`` flag of
+our commands) removes the filters; :func:`command_output` is what our commands do before importing the host.
 """
 
 from __future__ import annotations
