@@ -144,7 +144,7 @@ def announce() -> None:
 
 def summary() -> str | None:
     """The one line that stands for the filtered messages, or None when there is nothing to say."""
-    from nemotron3_super.host_compat import have_transformer_engine
+    from nemotron3_super.host_compat.te_import import have_transformer_engine
     from nemotron3_super.installed import module_installed
 
     te, apex = have_transformer_engine(), module_installed("apex")
