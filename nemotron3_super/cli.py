@@ -67,11 +67,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.direction == "import":
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp)
+                                            device=args.device, pp=args.pp, quiet=args.quiet)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp)
+                                            device=args.device, pp=args.pp, quiet=args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.render(f"convert {args.direction}"))
     return 0
@@ -129,6 +129,7 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--hf-model", required=True, help="HF folder (export: config and reference dtypes)")
         p.add_argument("--megatron-path", required=True, help="Megatron checkpoint folder")
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr (only the final report)")
         p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
         p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
         p.add_argument("--pp", type=int, default=1, help="pipeline parallel size (>1: run under torchrun)")

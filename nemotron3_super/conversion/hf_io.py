@@ -167,6 +167,16 @@ class HFCheckpoint:
             return torch.empty(info.shape, dtype=info.torch_dtype)
         return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(info.shape)
 
+    def names(self) -> list[str]:
+        """Tensor names (the :class:`~nemotron3_super.conversion.streaming.TensorSource` interface)."""
+        return list(self.tensors)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.tensors[name].torch_dtype
+
+    def nbytes(self, name: str) -> int:
+        return self.tensors[name].nbytes
+
     def dtypes(self) -> dict[str, torch.dtype]:
         return {n: i.torch_dtype for n, i in self.tensors.items()}
 

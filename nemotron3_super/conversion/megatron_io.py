@@ -197,17 +197,19 @@ class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
                             preload_fn=preload_fn)
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None,
+                    strategy: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
     With ``provider`` (the model's config as a training run would use it), the checkpoint also carries what
     Megatron-Bridge's loaders read (``run_config.yaml``), so ``checkpoint.pretrained_checkpoint`` and the
-    host's ``load_megatron_model`` accept it."""
+    host's ``load_megatron_model`` accept it. ``strategy``: the torch_dist save strategy (default: the
+    in-memory model's; conversion passes a streaming one, see ``conversion/streaming.py``)."""
     ckpt_dir = path / ITERATION_DIR
     if dist.get_rank() == 0:
         ckpt_dir.mkdir()
     dist.barrier()
-    strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
+    strategy = strategy or CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
     dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},

@@ -179,6 +179,22 @@ def test_cli_roundtrip_from_existing_checkpoint(converted, capsys: pytest.Captur
     assert "IDENTICAL (every tensor bit-exact)" in out and "MTP tensors: 32" in out
 
 
+def test_cli_progress_is_ten_lines_off_a_terminal_and_quiet_silences_it(converted, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from nemotron3_super.cli import main
+
+    paths = converted["tiny_super"]
+    args = ["convert", "export", "--hf-model", str(paths["hf"]), "--megatron-path", str(paths["megatron"])]
+    assert main([*args, "--hf-path", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.startswith("export:")]
+    assert len(lines) == 10 and "136/136 tensors" in lines[-1] and "B/s" in lines[-1], out.err[-2000:]
+    assert "convert export:" in out.out  # the report stays on stdout
+    assert main([*args, "--hf-path", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "export:" not in out.err and "convert export:" in out.out
+
+
 def test_cli_export_refuses_non_empty_output(converted, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nemotron3_super.cli import main
 
