@@ -207,8 +207,11 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
-                      ep: int = 1, device: str = "cpu", pp: int = 1, quiet: bool = True) -> ConvertReport:
+                      ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None,
+                      quiet: bool = True) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
+    ``spec_impl`` (default: the one recorded at import) is the layer spec the checkpoint is read into; both
+    specs store the same checkpoint keys, so either reads either's checkpoint.
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
     TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files.
     Streaming: tensors are read from the checkpoint a group at a time into a meta-device model."""
@@ -221,7 +224,8 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     target_path = check_output(hf_path, overwrite)
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
-        model, on = _meta_model(ref.arch, dtype, meta.get("spec_impl", "local")), _compute_device(device)
+        model = _meta_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"))
+        on = _compute_device(device)
         real = RealModules(on)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, ref.arch, offset=layer_offset(model))
