@@ -104,6 +104,7 @@ def child(step: str, work: Path) -> dict:
 
     hf = work / "hf"
     drop_cache(work / "megatron" if step == "ours-export" else hf)
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # imports done: the fixed part
     start = time.perf_counter()
     if step == "ours-import":
         commands.import_checkpoint(hf, work / "megatron", overwrite=True)
@@ -131,7 +132,7 @@ def child(step: str, work: Path) -> dict:
             bridge.load_weights_hf_to_megatron(pretrained, [model])
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB, whole process lifetime
-    return {"step": step, "seconds": seconds, "peak_rss_gib": peak_kib / 2**20}
+    return {"step": step, "seconds": seconds, "peak_rss_gib": peak_kib / 2**20, "base_rss_gib": base_kib / 2**20}
 
 
 def host_own_bridge_status(work: Path) -> str:
@@ -188,10 +189,11 @@ def bench_checkpoint(arch, work: Path, shard: int, steps: list[str], copy_rate: 
             print(f"  audit: {'bit-exact' if r['ok'] else 'DIFFERENT'}\n" + r["text"], flush=True)
             continue
         rate = size / 1e9 / r["seconds"]
-        rss = r["peak_rss_gib"] * 2**30
+        grown = (r["peak_rss_gib"] - r["base_rss_gib"]) * 2**30
         print(f"  {step:12s} {r['seconds']:7.1f} s  {rate:6.3f} GB/s  {rate / copy_rate:5.2f} of disk  "
-              f"peak RSS {r['peak_rss_gib']:5.2f} GiB = {rss / size:.2f}x checkpoint = "
-              f"{rss / largest:.2f}x largest shard  (load avg {load:.1f})", flush=True)
+              f"peak RSS {r['peak_rss_gib']:5.2f} GiB ({r['peak_rss_gib'] * 2**30 / size:.2f}x checkpoint) = "
+              f"{r['base_rss_gib']:.2f} GiB after imports + {grown / largest:.2f}x largest shard  "
+              f"(load avg {load:.1f})", flush=True)
     return results
 
 
@@ -203,7 +205,9 @@ def main() -> None:
     parser.add_argument("--steps", default="ours-import,ours-export,host-load")
     parser.add_argument("--host-on", default="first", choices=("first", "all", "none"),
                         help="host rows on the first (smallest) checkpoint only (its loop holds the model)")
-    parser.add_argument("--real-shapes", action="store_true", help="Super's real tensor shapes, 3 layers + MTP")
+    parser.add_argument("--real-shapes", action="store_true", help="Super's real tensor shapes, --layers + MTP")
+    parser.add_argument("--layers", type=int, default=3, help="--real-shapes: first layers of the real pattern")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: deleted after use)")
     parser.add_argument("--disk-gb", type=float, default=4.0, help="size of the disk-bandwidth test file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,8 +222,9 @@ def main() -> None:
           f"copy rate {copy_rate:.3f} GB/s", flush=True)
     steps = args.steps.split(",")
     if args.real_shapes:
-        bench_checkpoint(real_slice_arch(), args.work_dir / "real", 2 * 2**30,
+        bench_checkpoint(real_slice_arch(args.layers), args.work_dir / "real", 2 * 2**30,
                          [s for s in steps if not s.startswith("host")] + ["audit"], copy_rate)
+        cleanup(args.work_dir / "real", args.keep)
         return
     results, experts_list = [], [int(e) for e in args.experts.split(",")]
     for i, experts in enumerate(experts_list):
@@ -227,10 +232,20 @@ def main() -> None:
         results.append(bench_checkpoint(bench_arch(experts), args.work_dir / f"experts{experts}",
                                         int(args.shard_gb * 2**30),
                                         [s for s in steps if host or not s.startswith("host")], copy_rate))
+        if i:
+            cleanup(args.work_dir / f"experts{experts}", args.keep)
     summarize(results)
     if args.host_on != "none":
         print(f"host's own NemotronHBridge on this model: "
               f"{host_own_bridge_status(args.work_dir / f'experts{experts_list[0]}')}")
+    cleanup(args.work_dir / f"experts{experts_list[0]}", args.keep)
+
+
+def cleanup(work: Path, keep: bool) -> None:
+    """Outputs always go (they are re-made on every run); the HF checkpoint unless ``--keep``."""
+    for name in ("megatron", "exported") + (() if keep else ("hf",)):
+        if name and (work / name).is_dir() and work.name.startswith(("experts", "real")):  # only ours
+            shutil.rmtree(work / name)
 
 
 def summarize(results: list[dict]) -> None:
