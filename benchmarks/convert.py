@@ -7,7 +7,8 @@ Default: two synthetic Super-shaped checkpoints of the same shard size (all 88 l
 pattern, latent MoE, the MTP block, FP32 router biases; hidden 1024; 8 and 77 routed experts -> 1.98 and
 7.9 GB BF16: one ~4x the other). ``--real-shapes``: Super's real tensor shapes (hidden 4096, 512 experts of
 1024 -> 2688, latent 1024, Mamba 128 x 64, MTP block) for the first 3 layers of the real pattern + MTP
-(13.5 GB), exported back and audited bit-exact. Checkpoints are written once (kept in ``--work-dir``).
+(13.5 GB; ``--layers 1``: 8 GB), exported back and audited bit-exact. Outputs are deleted after use, the
+HF checkpoints too unless ``--keep`` (then a rerun reuses them). ``--hidden 512``: a cheaper pair.
 
 In the same run the script measures the filesystem of ``--work-dir``: one large file written (fsync
 included) and read back with its pages dropped from the page cache (``posix_fadvise(DONTNEED)``, no root
@@ -42,14 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def bench_arch(experts: int):  # noqa: ANN201
+def bench_arch(experts: int, hidden: int = 1024):  # noqa: ANN201
+    """Super's 88-layer pattern + MTP at ``hidden`` width (latent MoE at half of it)."""
     from nemotron3_super.architecture import super_120b_a12b
 
     return dataclasses.replace(
-        super_120b_a12b(), hidden_size=1024, vocab_size=32768, num_attention_heads=8, num_key_value_heads=2,
-        head_dim=128, mamba_num_heads=32, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
+        super_120b_a12b(), hidden_size=hidden, vocab_size=32768, num_attention_heads=8, num_key_value_heads=2,
+        head_dim=128, mamba_num_heads=hidden // 32, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
         n_routed_experts=experts, num_experts_per_tok=8, moe_intermediate_size=1024,
-        moe_shared_expert_intermediate_size=2048, moe_latent_size=512)
+        moe_shared_expert_intermediate_size=2048, moe_latent_size=hidden // 2)
 
 
 def real_slice_arch(layers: int = 3):  # noqa: ANN201
@@ -201,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/n3s-bench"))
     parser.add_argument("--experts", default="8,77", help="routed experts per MoE layer, one checkpoint each")
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size (512: 0.84 GB at 8 experts)")
     parser.add_argument("--shard-gb", type=float, default=0.5, help="HF shard size in GiB (all checkpoints)")
     parser.add_argument("--steps", default="ours-import,ours-export,host-load")
     parser.add_argument("--host-on", default="first", choices=("first", "all", "none"),
@@ -229,7 +232,7 @@ def main() -> None:
     results, experts_list = [], [int(e) for e in args.experts.split(",")]
     for i, experts in enumerate(experts_list):
         host = args.host_on == "all" or (args.host_on == "first" and i == 0)
-        results.append(bench_checkpoint(bench_arch(experts), args.work_dir / f"experts{experts}",
+        results.append(bench_checkpoint(bench_arch(experts, args.hidden), args.work_dir / f"experts{experts}",
                                         int(args.shard_gb * 2**30),
                                         [s for s in steps if host or not s.startswith("host")], copy_rate))
         if i:

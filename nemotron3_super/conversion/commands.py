@@ -208,13 +208,14 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
                       ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None,
-                      quiet: bool = True) -> ConvertReport:
+                      quiet: bool = True, group_bytes: int | None = None) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
     ``spec_impl`` (default: the one recorded at import) is the layer spec the checkpoint is read into; both
     specs store the same checkpoint keys, so either reads either's checkpoint.
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
     TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files.
-    Streaming: tensors are read from the checkpoint a group at a time into a meta-device model."""
+    Streaming: tensors are read from the checkpoint a group at a time (``group_bytes``, default 256 MiB or
+    a quarter of an output shard) for a meta-device model."""
     start = time.perf_counter()
     ref, megatron_path = HFCheckpoint(hf_model), Path(megatron_path)
     meta = read_meta(megatron_path)
@@ -233,8 +234,8 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
         writer = ShardedWriter(out, **({"shard_bytes": shard_bytes} if shard_bytes else {}))
         # loaded tensors: 256 MiB or a quarter of an output shard at a time (or one larger tensor)
         loader = StreamingLoader(tensors, model.sharded_state_dict(), megatron_path / ITERATION_DIR,
-                                 [p.local for p in pairs], group_bytes=min(2**28, writer.shard_bytes // 4),
-                                 device=on)
+                                 [p.local for p in pairs], device=on,
+                                 group_bytes=group_bytes or min(2**28, writer.shard_bytes // 4))
         writes = dist.get_rank() == 0  # every rank runs every mapping (collectives), rank 0 writes
         targets = {n: _target_dtype(n, ref, meta, dtype) for n in ref.arch.hf_tensor_names()}
         total = sum(math.prod(s) * targets[n].itemsize for n, s in ref.arch.hf_tensors())

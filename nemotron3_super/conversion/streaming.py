@@ -233,6 +233,18 @@ class StreamingSaveStrategy(CpuTorchDistSaveStrategy):
         writer.close()
 
 
+def _standalone(sh: ShardedTensor) -> ShardedTensor:
+    """The same chunk without megatron's legacy prepended axes (e.g. the expert axis of SequentialMLP):
+    loaded through those, a key's chunks on a rank must all be requested together (megatron-core then
+    builds a PyT ShardedTensor over the whole local grid), which would tie a load group to a whole layer's
+    experts. With the axes folded into the local shape (size 1 each; same key, global shape and offsets,
+    so the same bytes are read) each chunk loads on its own."""
+    if not sh.prepend_axis_num:
+        return sh
+    local = (1,) * sh.prepend_axis_num + tuple(sh.local_shape)
+    return replace(sh, data=sh.data.view(local), local_shape=local, prepend_axis_num=0)
+
+
 class StreamingLoader:
     """Loads groups of Megatron tensors of a meta-device model from a torch_dist checkpoint into tensors of
     its own, one group in memory at a time (tensors stored wider than the model, e.g. an FP32 router
@@ -288,7 +300,7 @@ class StreamingLoader:
             real = torch.empty(self.tensors[name].shape, dtype=self.dtypes[name])
             self.loaded[name] = real
             for sh, view in self._by_owner[name]:
-                request[f"{len(request)}"] = replace(sh, data=view.of(real), dtype=self.dtypes[name])
+                request[f"{len(request)}"] = _standalone(replace(sh, data=view.of(real), dtype=self.dtypes[name]))
         self.strategy.load(request, self.dir)  # DCP copies into the views: the tensors now hold the values
         if self.device.type != "cpu":
             self.loaded = {n: t.to(self.device) for n, t in self.loaded.items()}
