@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.errors import CheckpointError
 
 ARCHITECTURE = "NemotronHForCausalLM"
 HF_NAME_ALIASES = {"backbone.embedding.weight": "backbone.embeddings.weight"}  # transformers 5.12 spelling
@@ -29,10 +30,6 @@ SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch
 QUANTIZED_DTYPES = {"U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
 SCALE_MARKERS = ("weight_scale", "scale_inv", "input_scale", "_amax")
 SHARD_BYTES = 5 * 2**30  # 5 GiB per output shard, as transformers writes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is not what the conversion expects; the message names the file / tensor / field."""
 
 
 @dataclass(frozen=True)

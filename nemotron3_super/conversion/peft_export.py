@@ -43,16 +43,12 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
+from megatron.bridge.models.conversion.param_mapping import split_qkv_weights
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-
-ensure_host_importable()
-from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry  # noqa: E402
-from megatron.bridge.models.conversion.param_mapping import split_qkv_weights  # noqa: E402
-
-from nemotron3_super.bridge import super_mappings  # noqa: E402
-from nemotron3_super.conversion.hf_io import CheckpointError, HFCheckpoint  # noqa: E402
+from nemotron3_super.bridge.table import super_mappings
+from nemotron3_super.conversion.hf_io import CheckpointError, HFCheckpoint
 
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -122,9 +118,6 @@ def apply_lora(model: torch.nn.Module, targets: Iterable[str] = LORA_TARGETS, di
     """The host's LoRA (``megatron.bridge.peft.lora.LoRA``) on a built model, TE or not."""
     from megatron.bridge.peft.lora import LoRA
 
-    from nemotron3_super.host_compat import align_host_te_flags
-
-    align_host_te_flags()
     return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
 
 
