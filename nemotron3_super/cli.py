@@ -65,9 +65,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from nemotron3_super.conversion import commands
 
     if args.direction == "import":
+        from nemotron3_super.conversion.hf_io import MODEL_DTYPES
+
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp, quiet=args.quiet)
+                                            device=args.device, pp=args.pp, quiet=args.quiet,
+                                            dtype=MODEL_DTYPES[args.dtype] if args.dtype else None)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
@@ -142,6 +145,9 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_convert)
     imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
                      help="layer spec of the Megatron model (parameter names differ)")
+    imp.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                     help="dtype of the Megatron weights (default: config.json's); FP8/NVFP4 checkpoints are "
+                          "dequantized in float32, then cast to it once")
     exp.add_argument("--hf-path", required=True, help="output HF folder")
     exp.add_argument("--copy-remote-code", action="store_true",
                      help="also copy the reference folder's *.py files and auto_map entries (code that "

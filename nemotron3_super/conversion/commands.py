@@ -27,16 +27,15 @@ import torch.distributed as dist
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
-                                              ShardedWriter)
+                                              ShardedWriter, config_dtype)
 from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (ITERATION_DIR, build_model, cpu_current_device,
                                                     parallel_group, read_meta, run_provider, save_checkpoint)
 from nemotron3_super.conversion.outputs import check_output, staged_output
 from nemotron3_super.conversion.progress import Progress
+from nemotron3_super.conversion.quantized import QUANT_CONFIG_FILE, DequantizedCheckpoint, open_checkpoint
 from nemotron3_super.conversion.streaming import RealModules, StreamingLoader, StreamingSaveStrategy, TensorSource
 
-_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja")  # tokenizer, generation config, chat template
 _REMOTE_CODE_SUFFIXES = (".py",)  # executed by transformers under trust_remote_code: copied only when asked
 
@@ -50,26 +49,21 @@ class ConvertReport:
     seconds: float = 0.0
     kept_wider: list[str] = field(default_factory=list)  # Megatron tensors stored in the HF (wider) dtype
     notes: list[str] = field(default_factory=list)  # e.g. stale partial outputs of earlier runs removed
+    dequantized: str = ""  # a quantized source: what was dequantized (DequantSummary.render)
 
     def render(self, verb: str) -> str:
         rate = self.bytes / max(self.seconds, 1e-9) / 1e9
         return (f"{verb}: {self.source} -> {self.target}: {self.tensors:,} HF tensors, "
                 f"{self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s ({rate:.2f} GB/s)"
                 + (f"; kept in HF dtype: {len(self.kept_wider)}" if self.kept_wider else "")
+                + (f"\n  {self.dequantized}" if self.dequantized else "")
                 + "".join(f"\nnote: {n}" for n in self.notes))
 
 
-def _model_dtype(config: dict) -> torch.dtype:
-    name = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if name not in _DTYPE_NAMES:
-        raise CheckpointError(f"config.json: torch_dtype={name!r}, expected one of {sorted(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[name]
-
-
-def _open_source(hf_model: str | Path) -> HFCheckpoint:
-    """The HF folder, validated, as the :class:`TensorSource` import reads (the place to choose another
-    reader, e.g. a dequantizing one, from what the folder holds)."""
-    src = HFCheckpoint(hf_model)
+def _open_source(hf_model: str | Path, dtype: torch.dtype | None = None) -> HFCheckpoint:
+    """The import's source, validated (a quantized one through the dequantizing reader, to ``dtype``): the
+    :class:`TensorSource` import reads."""
+    src = open_checkpoint(hf_model, dtype)
     src.check_quantized()
     if not src.has_weights:
         raise CheckpointError(f"{hf_model}: no *.safetensors files (expected the HF weights)")
@@ -126,17 +120,18 @@ def _exact_cast(values: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Te
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
                       spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu",
-                      pp: int = 1, quiet: bool = True) -> ConvertReport:
+                      pp: int = 1, dtype: torch.dtype | None = None, quiet: bool = True) -> ConvertReport:
     """HF folder -> Megatron torch_dist checkpoint. Every tensor keeps its bits: where the Megatron
     parameter is narrower than the HF tensor (e.g. Nano's FP32 router weight) the HF dtype is kept.
     ``tp``/``ep``/``pp`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout.
+    ``dtype``: the model's (default: the config's). A ModelOpt FP8 / NVFP4 checkpoint is dequantized to it.
     Streaming: the model is on the meta device and each tensor is converted, written and freed in turn
     (peak memory: a few tensors, whatever the model size; see ``streaming.py``). ``quiet=False``: progress."""
     start = time.perf_counter()
-    src = _open_source(hf_model)
+    src = _open_source(hf_model, dtype)
+    dtype = dtype or config_dtype(src.config)
     target_path = check_output(megatron_path, overwrite, [("--hf-model", hf_model)])
     report = ConvertReport(str(hf_model), str(megatron_path))
-    dtype = _model_dtype(src.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert import",
                                                            source=str(hf_model)) as out, cpu_current_device():
         model, real = _meta_model(src.arch, dtype, spec_impl), RealModules(_compute_device(device))
@@ -160,7 +155,9 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
                     bar.update(nbytes, len(pair.hf))
 
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
-                "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: _SAFETENSORS_NAMES[src.dtype(n)] for n in src.names()}}
+                "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
+        if isinstance(src, DequantizedCheckpoint):
+            meta["dequantized"], report.dequantized = src.summary.as_dict(), src.summary.render()
         save_checkpoint(model, out, meta, run_provider(src.arch, dtype, spec_impl, tp, ep, pp),
                         strategy=StreamingSaveStrategy(tensors, produce))
     report.seconds = time.perf_counter() - start
@@ -193,13 +190,13 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     Streaming: tensors are read from the checkpoint a group at a time (``group_bytes``, default 256 MiB or
     a quarter of an output shard) for a meta-device model."""
     start = time.perf_counter()
-    ref, megatron_path = HFCheckpoint(hf_model), Path(megatron_path)
+    ref, megatron_path = open_checkpoint(hf_model), Path(megatron_path)  # a quantized ref: its BF16 view
     meta = read_meta(megatron_path)
     if meta.get("hf_config") and SuperArchitecture.from_hf_config(meta["hf_config"]) != ref.arch:
         raise CheckpointError(f"{megatron_path}: imported from a different architecture than "
                               f"{hf_model}/config.json (compare their config.json files)")
     target_path = check_output(hf_path, overwrite, [("--hf-model", hf_model), ("--megatron-path", megatron_path)])
-    report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
+    report, dtype = ConvertReport(str(megatron_path), str(hf_path)), config_dtype(ref.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert export",
                                                            source=str(megatron_path)) as out, cpu_current_device():
         model = _meta_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"))
@@ -242,7 +239,7 @@ def _copy_companions(ref: HFCheckpoint, out: Path, copy_remote_code: bool) -> li
     remote code was left out."""
     left_out = []
     for extra in sorted(ref.folder.iterdir()):
-        if not extra.is_file() or extra.name in ("config.json", "model.safetensors.index.json"):
+        if not extra.is_file() or extra.name in ("config.json", "model.safetensors.index.json", QUANT_CONFIG_FILE):
             continue
         if extra.suffix in _REMOTE_CODE_SUFFIXES and not copy_remote_code:
             left_out.append(extra.name)
