@@ -84,6 +84,10 @@ def ensure_host_importable() -> None:
     sys.meta_path.insert(0, _HostCompatFinder())
 
 
+class _Mamba1Missing(AttributeError, RuntimeError):
+    """Use of the inert ``selective_scan_cuda`` stand-in."""
+
+
 def ensure_mamba_ssm_importable() -> None:
     """mamba-ssm built with MAMBA_SKIP_CUDA_BUILD lacks its compiled Mamba-1 module ``selective_scan_cuda``,
     which its ``__init__`` imports; megatron-core then treats mamba-ssm as absent and refuses to build
@@ -98,8 +102,9 @@ def ensure_mamba_ssm_importable() -> None:
     def __getattr__(name: str):  # noqa: N807 - module-level __getattr__
         if name.startswith("__"):
             raise AttributeError(name)
-        raise RuntimeError(f"selective_scan_cuda.{name}: the Mamba-1 CUDA extension is not built "
-                           "(Nemotron-H uses Mamba-2 only)")
+        # an AttributeError (hasattr() is False: torch.compile probes every loaded module) that says why
+        raise _Mamba1Missing(f"selective_scan_cuda.{name}: the Mamba-1 CUDA extension is not built "
+                             "(Nemotron-H uses Mamba-2 only)")
 
     stub.__getattr__ = __getattr__
     sys.modules["selective_scan_cuda"] = stub
