@@ -242,6 +242,14 @@ class LocalMambaInProj(ColumnParallelLinear):
 
 
 # ---------------------------------------------------------------------- the two specs
+# Checkpoint keys of the local spec's separate pre-norms, spelled as the TE spec's fused norm+linear
+# modules store them, so one torch_dist checkpoint loads into either spec (megatron-core's own GPT local
+# spec does the same). Only sharded checkpoint keys change; module and parameter names stay local.
+MAMBA_NORM_KEYS = {"norm.": "mixer.in_proj.layer_norm_"}
+ATTENTION_NORM_KEYS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+DENSE_MLP_NORM_KEYS = {"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+
+
 def te_layer_spec() -> ModuleSpec:
     """megatron-core's TE hybrid stack spec (a copy: callers may edit it, e.g. the Mamba chunk size)."""
     return copy.deepcopy(_mcore_te_stack_spec)
@@ -261,17 +269,17 @@ def local_layer_spec(config=None) -> ModuleSpec:
         norm=LocalNorm,
         mixer=ModuleSpec(module=MambaMixer, submodules=MambaMixerSubmodules(
             in_proj=LocalMambaInProj, out_proj=RowParallelLinear)),
-        mamba_bda=get_bias_dropout_add))
+        mamba_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(MAMBA_NORM_KEYS)))
     attention = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
         input_layernorm=LocalNorm,
         self_attention=ModuleSpec(module=SelfAttention, params={"attn_mask_type": AttnMaskType.causal},
                                   submodules=SelfAttentionSubmodules(
                                       linear_qkv=ColumnParallelLinear, core_attention=DotProductAttention,
                                       linear_proj=RowParallelLinear)),
-        self_attn_bda=get_bias_dropout_add))
+        self_attn_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(ATTENTION_NORM_KEYS)))
     dense_mlp = ModuleSpec(module=MLPLayer, submodules=TransformerLayerSubmodules(
         pre_mlp_layernorm=LocalNorm, mlp=functools.partial(MLP.as_mlp_submodule, submodules=mlp),
-        mlp_bda=get_bias_dropout_add))
+        mlp_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(DENSE_MLP_NORM_KEYS)))
     moe_layer = ModuleSpec(module=MoETransformerLayer, submodules=TransformerLayerSubmodules(
         pre_mlp_layernorm=LocalNorm, mlp=moe, mlp_bda=get_bias_dropout_add))
     mtp = ModuleSpec(module=MultiTokenPredictionBlock, submodules=MultiTokenPredictionBlockSubmodules(

@@ -23,8 +23,9 @@ from megatron.core.transformer.enums import AttnBackend
 
 from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b
 from nemotron3_super.host_compat import ensure_host_importable
+from nemotron3_super.installed import default_attention_backend, default_gradient_accumulation_fusion
 from nemotron3_super.layer_specs import SPEC_KINDS, local_layer_spec, resolve_spec_kind, te_layer_spec
-from nemotron3_super.precision import NVFP4, PRECISIONS, nvfp4_unsupported_reason, precision_plan
+from nemotron3_super.precision import BF16, FP8, FP8_SCALINGS, NVFP4, PRECISIONS, precision_plan, unsupported_reason
 
 ensure_host_importable()
 from megatron.bridge.models.hybrid.hybrid_provider import HybridModelProvider  # noqa: E402
@@ -58,7 +59,8 @@ LOCAL_SPEC_OFF = ("persist_layer_norm", "moe_permute_fusion", "masked_softmax_fu
 
 
 class PrecisionFallbackWarning(UserWarning):
-    """precision='nvfp4' cannot run here; the provider continues in BF16."""
+    """The requested precision (nvfp4, fp8) cannot run here; the provider continues in BF16 (or in FP8
+    when ``precision_fallback='fp8'`` and FP8 can run)."""
 
 
 def _arch_kwargs(arch: SuperArchitecture) -> dict[str, Any]:
@@ -162,6 +164,11 @@ class SuperModelProvider(HybridModelProvider):
     attention_softmax_in_fp32: bool = False  # as the host's Nemotron-H bridge
     persist_layer_norm: bool = True  # TE spec (local spec: off)
     masked_softmax_fusion: bool = True  # TE spec (local spec: off)
+    # unlike the host (TE present -> True): the LM head is a ColumnParallelLinear in every spec and needs
+    # Apex's fused wgrad kernel, so on only when Apex has it (installed.py)
+    gradient_accumulation_fusion: bool = field(default_factory=default_gradient_accumulation_fusion)
+    # unlike the host's Nemotron-H (flash): flash only when flash-attn is installed, else TE's auto choice
+    attention_backend: AttnBackend = field(default_factory=default_attention_backend)
 
     # --- multi-token prediction ---
     # unlike Nemotron-H (no MTP): one "*E" block (attention + latent MoE) on top of the backbone
@@ -173,8 +180,11 @@ class SuperModelProvider(HybridModelProvider):
 
     # --- this provider's own knobs ---
     spec_impl: Literal["auto", "te", "local"] = "auto"  # layer spec: TE when usable, else TE-free local
-    precision: Literal["bf16", "nvfp4"] = "bf16"  # "nvfp4": the published mixed recipe, Blackwell only
-    allow_precision_fallback: bool = True  # nvfp4 where it cannot run: warn + BF16 (False: raise)
+    precision: Literal["bf16", "nvfp4", "fp8"] = "bf16"  # nvfp4: the published recipe (Blackwell); fp8: Hopper
+    fp8_scaling: Literal["current", "delayed", "blockwise"] = "current"  # TE scaling for precision="fp8"
+    allow_precision_fallback: bool = True  # nvfp4/fp8 where they cannot run: warn + fall back (False: raise)
+    # what nvfp4 falls back to: bf16 (default), or the FP8 plan where FP8 runs (Hopper with TE)
+    precision_fallback: Literal["bf16", "fp8"] = "bf16"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -255,6 +265,12 @@ class SuperModelProvider(HybridModelProvider):
             raise ValueError(f"SuperModelProvider: spec_impl={self.spec_impl!r}: expected one of {SPEC_KINDS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"SuperModelProvider: precision={self.precision!r}: expected one of {PRECISIONS}")
+        if self.fp8_scaling not in FP8_SCALINGS:
+            raise ValueError(f"SuperModelProvider: fp8_scaling={self.fp8_scaling!r}: expected one of "
+                             f"{tuple(FP8_SCALINGS)}")
+        if self.precision_fallback not in (BF16, FP8):
+            raise ValueError(f"SuperModelProvider: precision_fallback={self.precision_fallback!r}: expected "
+                             "'bf16' or 'fp8'")
         return arch
 
     # ------------------------------------------------------------------ finalize / provide
@@ -281,23 +297,35 @@ class SuperModelProvider(HybridModelProvider):
                         ", ".join(turned_off))
 
     def _configure_precision(self, arch: SuperArchitecture, *, local: bool) -> None:
-        if self.precision != NVFP4:
+        """Set the fp4/fp8 fields of the requested plan, or fall back (warning) where it cannot run."""
+        if self.precision == BF16:
             return
-        reason = nvfp4_unsupported_reason()
-        if reason is None and local:
-            reason = "the layer spec is the TE-free 'local' one (no FP4 kernels)"
+        wanted, reason = self.precision, self._precision_problem(self.precision, local)
         if reason:
-            msg = (f"precision='nvfp4' cannot run here: {reason}. Falling back to precision='bf16' "
-                   "(same model, BF16 GEMMs; no fp4/fp8 fields set).")
+            fallback = BF16
+            if wanted == NVFP4 and self.precision_fallback == FP8 and not self._precision_problem(FP8, local):
+                fallback = FP8
+            hint = ("" if wanted != NVFP4 or fallback == FP8 else
+                    " On Hopper with Transformer Engine, precision_fallback='fp8' runs the FP8 plan instead.")
+            msg = (f"precision={wanted!r} cannot run here: {reason}. Falling back to precision={fallback!r} "
+                   f"(same model and per-layer BF16 exclusions; {'FP8' if fallback == FP8 else 'BF16'} "
+                   f"GEMMs).{hint}")
             if not self.allow_precision_fallback:
                 raise RuntimeError(f"SuperModelProvider: {msg} (allow_precision_fallback=False)")
             warnings.warn(msg, PrecisionFallbackWarning, stacklevel=3)
-            self.precision = "bf16"
-            return
-        fields = precision_plan(arch, NVFP4).megatron_fields()
+            self.precision = fallback
+            if fallback == BF16:
+                return
+        fields = precision_plan(arch, self.precision, fp8_scaling=self.fp8_scaling).megatron_fields()
         fields["quant_recipe"] = RecipeConfig.from_config_dict(fields["quant_recipe"])
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def _precision_problem(self, precision: str, local: bool) -> str | None:
+        reason = unsupported_reason(precision, self.fp8_scaling)
+        if reason is None and local:
+            reason = f"the layer spec is the TE-free 'local' one (no {precision.upper()} kernels)"
+        return reason
 
     def provide(self, pre_process=None, post_process=None, vp_stage=None):
         """Build the HybridModel (call ``finalize()`` first). Without a process-group collection,

@@ -174,20 +174,23 @@ def check_layout(layout: Layout, arch: SuperArchitecture | None = None, *, patte
     return warnings
 
 
+_NEEDS = {"nvfp4": "Blackwell GPUs (compute capability 10.x)",
+          "fp8": "GPUs of compute capability 8.9 or newer (Hopper: current, delayed or blockwise scaling)"}
+
+
 def _precision_check(precision: str, allow_fallback: bool, check_hardware: bool) -> tuple[str | None, str | None]:
-    """(problem, warning) for ``precision``; NVFP4 needs Blackwell + Transformer Engine."""
-    if precision != "nvfp4":
+    """(problem, warning) for ``precision``; NVFP4 needs Blackwell + TE, FP8 Ada/Hopper or newer + TE."""
+    if precision not in _NEEDS:
         return None, None
     if not check_hardware:
-        return None, ("precision=nvfp4 runs only on Blackwell GPUs (compute capability 10.x) with "
-                      "Transformer Engine; checked at launch" +
-                      ("; elsewhere the run falls back to BF16" if allow_fallback else ""))
-    from nemotron3_super.precision import nvfp4_unsupported_reason  # imports torch
+        return None, (f"precision={precision} runs only on {_NEEDS[precision]} with Transformer Engine; "
+                      "checked at launch" + ("; elsewhere the run falls back to BF16" if allow_fallback else ""))
+    from nemotron3_super.precision import unsupported_reason  # imports torch
 
-    reason = nvfp4_unsupported_reason()
+    reason = unsupported_reason(precision)
     if reason is None:
         return None, None
     if allow_fallback:
-        return None, f"precision=nvfp4 cannot run here ({reason}): this run trains in BF16"
-    return (f"precision=nvfp4 cannot run here: {reason}. Use model.precision=bf16 or "
+        return None, f"precision={precision} cannot run here ({reason}): this run trains in BF16"
+    return (f"precision={precision} cannot run here: {reason}. Use model.precision=bf16 or "
             "model.allow_precision_fallback=True (BF16 with a warning)"), None

@@ -23,7 +23,8 @@ def process_group():
     if created:  # plain pytest: one rank on an in-process store (no port to race other workers for)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # GPU: NCCL for CUDA tensors and gloo for CPU ones (conversion saves CPU shards in the same session)
+        init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     yield dist
     if created:
         dist.destroy_process_group()

@@ -147,8 +147,10 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
-                      ep: int = 1, device: str = "cpu", pp: int = 1) -> ConvertReport:
+                      ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
+    ``spec_impl`` (default: the one recorded at import) is the layer spec the checkpoint is read into; both
+    specs store the same checkpoint keys, so either reads either's checkpoint.
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
     TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files."""
     start = time.perf_counter()
@@ -160,7 +162,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     target_path = check_output(hf_path, overwrite)
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
-        model = build_model(ref.arch, dtype, meta.get("spec_impl", "local"), device)
+        model = build_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"), device)
         load_checkpoint(model, megatron_path)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, ref.arch, offset=layer_offset(model))

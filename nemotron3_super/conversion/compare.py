@@ -56,8 +56,9 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(hf_model_path: str | Path, megatron_model_path: str | Path, prompt: str = "Hello who are ",
-            dtype: str = "float32", layer_tol: float = 1e-3) -> CompareReport:
-    """Logits and per-layer hidden states of both models on ``prompt``."""
+            dtype: str = "float32", layer_tol: float = 1e-3, spec_impl: str = "local") -> CompareReport:
+    """Logits and per-layer hidden states of both models on ``prompt``; the Megatron model is built with
+    ``spec_impl`` ("local", or "te" where Transformer Engine is installed)."""
     if not torch.cuda.is_available():
         raise RuntimeError(NO_GPU)
     from transformers import NemotronHForCausalLM
@@ -72,7 +73,8 @@ def compare(hf_model_path: str | Path, megatron_model_path: str | Path, prompt: 
     hf_logits, hf_hidden = out.logits.float(), out.hidden_states
     del hf
     with single_process_group():
-        model = build_model(ref.arch, torch_dtype, "local", use_mamba_mem_eff_path=False)
+        model = build_model(ref.arch, torch_dtype, spec_impl, "cuda" if spec_impl == "te" else "cpu",
+                            use_mamba_mem_eff_path=False)
         load_checkpoint(model, Path(megatron_model_path))
         model = model.cuda().to(torch_dtype) if torch_dtype == torch.float32 else model.cuda()
         captured: dict[int, torch.Tensor] = {}

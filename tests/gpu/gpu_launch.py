@@ -48,4 +48,7 @@ def run_training(workdir: Path, module: str, args: list[str], log_name: str,
     log = proc.stdout + proc.stderr
     (workdir / f"{log_name}.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
+    for line in log.splitlines():  # the host's memory report after iterations 1 and 2 (peak_allocated_mem, GB)
+        if "memory (GB)" in line:
+            print(f"[{log_name}] {line.strip()}")
     return {int(i): float(x) for i, x in LOSS_LINE.findall(log)}, log

@@ -209,8 +209,8 @@ def test_nvfp4_recipe_megatron_fields() -> None:
     assert key("mtp.layers.0.mtp_model_layer.layers.1.mlp.experts.linear_fc1") == BF16
     assert key("decoder.layers.1.mlp.experts.linear_fc1") is None  # NVFP4 from the layer context
     assert fields["quant_recipe"]["configs"][MXFP8]["training_recipe"]["fp8_quantization_recipe"] == "mxfp8"
-    with pytest.raises(ValueError, match=r"precision='fp8': expected one of bf16, nvfp4"):
-        precision_plan(super_120b_a12b(), "fp8")
+    with pytest.raises(ValueError, match=r"precision='fp16': expected one of bf16, nvfp4, fp8"):
+        precision_plan(super_120b_a12b(), "fp16")
     tiny = precision_plan(tiny_super(), NVFP4)  # 7-layer debug model: same 14/88 fraction -> 1 BF16 layer
     assert tiny.layer_precision == (NVFP4,) * 6 + (BF16,) and tiny.megatron_fields()["num_layers_at_end_in_bf16"] == 1
 
