@@ -242,13 +242,16 @@ class Run:
         return "cuda" if self.cuda else "cpu"
 
 
-def ours_provider(arch: SuperArchitecture, run: Run, mem_eff: bool, init: bool = True) -> Any:
-    """This library's provider, TE-free local spec (it turns the TE/apex-only fusions off itself)."""
+def ours_provider(arch: SuperArchitecture, run: Run, mem_eff: bool, init: bool = True,
+                  experts: str = "grouped") -> Any:
+    """This library's provider, TE-free local spec (it turns the TE/apex-only fusions off itself);
+    ``experts``: "grouped" (GroupedMLP, the default) or "sequential" (megatron-core's SequentialMLP)."""
     from nemotron3_super.provider import SuperModelProvider
 
     mtp = {"mtp_num_layers": run.mtp_depths} if arch.mtp_hybrid_override_pattern else {}
     provider = SuperModelProvider.from_architecture(
         arch, spec_impl="local", use_mamba_mem_eff_path=mem_eff, moe_token_dispatcher_type=run.dispatcher,
+        moe_grouped_gemm=experts == "grouped",
         sequence_parallel=False, use_cpu_initialization=not run.cuda, perform_initialization=init, **mtp)
     provider.finalize()
     return provider
@@ -594,6 +597,15 @@ class RowPlan:
     impl: str  # "ours" | "host"
     shape: str  # "full" | "host-buildable"
     arch: SuperArchitecture
+    experts: str | None = None  # ours: "grouped" | "sequential" (--expert-impl); host: its SequentialMLP
+
+
+EXPERT_IMPLS = {"grouped": ["grouped"], "sequential": ["sequential"], "both": ["grouped", "sequential"]}
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """"ours (grouped)", "ours (sequential)" or "host": the table's impl column."""
+    return f"{row['impl']} ({row['experts']})" if row.get("experts") else row["impl"]
 
 
 # --mamba-path values: what megatron-core's MambaMixer runs per Mamba layer
@@ -645,7 +657,7 @@ def mem_eff_unavailable() -> str | None:
 def build_row(row: RowPlan, run: Run, host: HostPlan | None, mem_eff: bool, init: bool = True) -> tuple[Any, Any]:
     """(provider, model) for one row; ``init=False`` leaves the weights uninitialised (build-only)."""
     if row.impl == "ours":
-        provider = ours_provider(row.arch, run, mem_eff, init)
+        provider = ours_provider(row.arch, run, mem_eff, init, row.experts or "grouped")
     else:
         provider, _ = host_provider(row.arch, run, host.variant, mem_eff, init)
     return provider, provide(provider, run)
@@ -655,7 +667,7 @@ def run_row(row: RowPlan, path: str, run: Run, host: HostPlan | None, args: argp
     """Build, time and (optionally) profile one row; a failure is recorded, not raised."""
     mem_eff = path == "mem_eff"
     depths = run.mtp_depths if row.arch.mtp_hybrid_override_pattern else 0
-    out: dict[str, Any] = {"impl": row.impl, "shape": row.shape, "mamba_path": path,
+    out: dict[str, Any] = {"impl": row.impl, "experts": row.experts, "shape": row.shape, "mamba_path": path,
                            "shape_config": shape_summary(row.arch, run.mtp_depths),
                            "flops_per_token": model_flops_per_token(row.arch, args.seq, depths),
                            "forward_flops_per_token": forward_flops_per_token(row.arch, args.seq, depths)}
@@ -742,18 +754,24 @@ def paired_cell(paired: dict[str, Any] | None) -> str:
 
 
 def path_agreement(rows: list[dict[str, Any]]) -> list[str]:
-    """Same model, same seed, same batch on each Mamba path: the first timed step's loss (after the warm-up
-    updates) must agree to bf16 rounding, or a path computes something else."""
+    """Same model, same seed, same batch on each Mamba path, and with either expert module (both draw the
+    same initial weights): the first timed step's loss (after the warm-up updates) must agree to bf16
+    rounding, or a path / module computes something else."""
     lines = []
-    for impl, shape in dict.fromkeys((r["impl"], r["shape"]) for r in rows):
-        losses = {r["mamba_path"]: r["loss_first"] for r in rows
-                  if (r["impl"], r["shape"]) == (impl, shape) and "loss_first" in r}
-        if len(losses) < 2:
-            continue
-        ref = next(iter(losses.values()))
-        spread = max(abs(v - ref) for v in losses.values()) / abs(ref)
-        lines.append(f"loss after warm-up, {impl} @ {shape}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                     + f" (largest relative difference {spread:.1e})")
+    groups = {"mamba path": lambda r: (row_label(r), r["shape"]), "expert module": lambda r: (
+        r["impl"], r["shape"], r["mamba_path"]) if r.get("experts") else None}
+    for varies, key in groups.items():
+        for group in dict.fromkeys(key(r) for r in rows if key(r)):
+            losses = {r["mamba_path"] if varies == "mamba path" else r["experts"]: r["loss_first"]
+                      for r in rows if key(r) == group and "loss_first" in r}
+            if len(losses) < 2:
+                continue
+            ref = next(iter(losses.values()))
+            spread = max(abs(v - ref) for v in losses.values()) / abs(ref)
+            lines.append(f"loss after warm-up by {varies}, {' @ '.join(group[:2])}"
+                         + (f", mamba {group[2]}" if len(group) > 2 else "") + ": "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                         + f" (largest relative difference {spread:.1e})")
     return lines
 
 
@@ -763,12 +781,12 @@ def markdown_table(rows: list[dict[str, Any]], host_differences: list[str]) -> s
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | failed: {r['error'][:100]} "
+            lines.append(f"| {row_label(r)} | {r['shape']} | {r['mamba_path']} | failed: {r['error'][:100]} "
                          "| | | | | | |")
             continue
         ratio = r.get("ratio_vs_host")
         ratio_s = "—" if ratio is None else f"{ratio:.3f}" if r["ratio_same_shape"] else f"({ratio:.3f})†"
-        lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | {r['params'] / 1e9:.3f} "
+        lines.append(f"| {row_label(r)} | {r['shape']} | {r['mamba_path']} | {r['params'] / 1e9:.3f} "
                      f"| {r['step_ms_median']:.1f} ({iqr(r['step_ms'])}) | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} "
                      f"| {fmt(r['peak_gib'], '.2f')} | {ratio_s} | {paired_cell(r.get('paired'))} |")
     if any(r["shape"] == "host-buildable" for r in rows):
@@ -854,7 +872,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
     results = []
     for row in rows_plan:
         depths = run.mtp_depths if row.arch.mtp_hybrid_override_pattern else 0
-        entry = {"impl": row.impl, "shape": row.shape,
+        entry = {"impl": row.impl, "experts": row.experts, "shape": row.shape,
                  "flops_per_token": model_flops_per_token(row.arch, args.seq, depths)}
         try:
             _, model = build_row(row, run, host, mem_eff=False, init=False)
@@ -864,7 +882,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
             entry.update(error_record(exc))
         free_cuda()
         results.append(entry)
-        print(f"built {row.impl:4s} @ {row.shape:14s}: " +
+        print(f"built {row_label(entry):17s} @ {row.shape:14s}: " +
               (f"{entry['params']:,} params, {entry['flops_per_token'] / 1e9:.3f} GFLOP/token (train)"
                if "params" in entry else f"FAILED {entry['error']}"))
     if host:
@@ -877,10 +895,12 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
               full: SuperArchitecture, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every (row, Mamba path); print the table and, with --profile, the top kernels."""
     rows = []
-    pair = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours at the same shape
+    same_shape = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours (first expert module)
+    pair = [r for r in same_shape if r.impl == "host"][:1] + [r for r in same_shape if r.impl == "ours"][:1]
     for path in paths:
         for row in rows_plan:
-            print(f"\n[{row.impl} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
+            label = row_label({"impl": row.impl, "experts": row.experts})
+            print(f"\n[{label} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
             result = run_row(row, path, run, host, args)
             rows.append(result)
             if "error" in result:
@@ -892,7 +912,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
             print(f"\n[host vs ours @ host-buildable, mamba {path}] interleaved rounds ...", flush=True)
             paired = run_paired(pair[0], pair[1], path, run, host, args)
             next(r for r in rows[-len(rows_plan):] if r["impl"] == "ours" and r["shape"] == "host-buildable"
-                 )["paired"] = paired
+                 and r["experts"] == pair[1].experts)["paired"] = paired
             print(f"  FAILED: {paired['error']}" if "error" in paired else
                   f"  per-round ratio host/ours median {paired['ratio_median']:.3f} "
                   f"(IQR {paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}; ours faster in "
@@ -905,7 +925,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
         if "profile" not in r:
             continue
         prof = r["profile"]
-        print(f"\nTop {TOP_KERNELS} CUDA kernels, ours @ full, mamba {r['mamba_path']} "
+        print(f"\nTop {TOP_KERNELS} CUDA kernels, {row_label(r)} @ full, mamba {r['mamba_path']} "
               f"(profiled step {prof['step_ms']:.1f} ms, kernels {prof['kernel_ms_total']:.1f} ms):")
         if not prof["top"]:
             print("(the profiler recorded no CUDA kernel events)")
@@ -919,6 +939,9 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", choices=("ours", "host", "both"), default="both")
+    p.add_argument("--expert-impl", choices=tuple(EXPERT_IMPLS), default="grouped",
+                   help="routed experts of our rows: grouped (GroupedMLP, two grouped GEMMs; the local spec's "
+                        "default), sequential (megatron-core's SequentialMLP, a GEMM pair per expert), or both")
     p.add_argument("--mamba-path", choices=(*MAMBA_PATHS, *PATH_SETS), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in MAMBA_PATHS.items())
                    + "; both: fallback + mem_eff; all: the three. Default: all when causal-conv1d imports, "
@@ -1034,9 +1057,9 @@ def run_all(args: argparse.Namespace, full: SuperArchitecture, run: Run, paths: 
         exact = not host.differences(full)  # e.g. no final norm: same shape config, still not the full model
         rows_plan.append(RowPlan("host", "full" if exact else "host-buildable", host.arch))
         if args.impl == "both" and host.arch != full:
-            rows_plan.append(RowPlan("ours", "host-buildable", host.arch))
+            rows_plan += [RowPlan("ours", "host-buildable", host.arch, e) for e in EXPERT_IMPLS[args.expert_impl]]
     if args.impl in ("ours", "both"):
-        rows_plan.append(RowPlan("ours", "full", full))
+        rows_plan += [RowPlan("ours", "full", full, e) for e in EXPERT_IMPLS[args.expert_impl]]
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),

@@ -98,14 +98,15 @@ class GroupedMLP(MegatronModule):
             param.allreduce = not expert_parallel  # as ColumnParallelLinear(is_expert=True): expert-DP reduce
 
     def _initialize(self, full_ffn: int, tp: int) -> None:
-        """Per expert, as SequentialMLP's linears: on CPU the full (un-split) weight is drawn and this
-        rank's expert-TP slice kept (same values at any TP); on GPU through the expert RNG tracker."""
+        """The draws SequentialMLP's linears make, in its order (expert 0 fc1, fc2, expert 1 ...), so the
+        same seed gives both modules the same weights: on CPU the full (un-split) weight is drawn in FP32
+        and this rank's expert-TP slice kept; on GPU this rank's slice, through the expert RNG tracker."""
         inits = ((self.linear_fc1_weight, self.config.init_method, 0),
                  (self.linear_fc2_weight, self.config.output_layer_init_method, 1))
         rank = self.tp_group.rank()
         with torch.no_grad():
-            for weight, init, split_dim in inits:
-                for e in range(self.num_local_experts):
+            for e in range(self.num_local_experts):
+                for weight, init, split_dim in inits:
                     if self.config.use_cpu_initialization:
                         shape = list(weight.shape[1:])
                         shape[split_dim] = full_ffn

@@ -3,6 +3,7 @@ same weights: the fixture of the numerics tests (CPU here, CUDA in tests/gpu). N
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -16,8 +17,9 @@ ZERO_TOKEN_EXPERTS = (2, 5)  # their router bias is pushed down so far that no t
 
 
 def moe_layer(grouped: bool, dtype: torch.dtype, device: str = "cpu", dispatcher: str = "allgather",
-              **sizes) -> torch.nn.Module:
-    """One LatentMoELayer built through the local spec (needs megatron's parallel state)."""
+              perform_initialization: bool = False, **sizes) -> torch.nn.Module:
+    """One LatentMoELayer built through the local spec (needs megatron's parallel state); ``sizes``
+    override :data:`SIZES` (architecture fields)."""
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from nemotron3_super.architecture import tiny_super
@@ -28,10 +30,11 @@ def moe_layer(grouped: bool, dtype: torch.dtype, device: str = "cpu", dispatcher
     arch = dataclasses.replace(tiny_super(), **{**SIZES, **sizes})
     provider = SuperModelProvider.from_architecture(
         arch, spec_impl="local", moe_grouped_gemm=grouped, params_dtype=dtype, bf16=dtype == torch.bfloat16,
-        use_cpu_initialization=True, perform_initialization=False, moe_token_dispatcher_type=dispatcher)
+        use_cpu_initialization=device == "cpu", perform_initialization=perform_initialization,
+        moe_token_dispatcher_type=dispatcher)
     provider.finalize()
     build = local_layer_spec(provider).submodules.moe_layer.submodules.mlp
-    with cpu_current_device():
+    with cpu_current_device() if device == "cpu" else contextlib.nullcontext():
         layer = build(config=provider, layer_number=1, pg_collection=ProcessGroupCollection.use_mpu_process_groups())
     return layer.to(device).train()
 
@@ -69,8 +72,6 @@ def paired_layers(dtype: torch.dtype, device: str = "cpu", dispatcher: str = "al
 
 def run(layer: torch.nn.Module, hidden: torch.Tensor, upstream: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward + backward; the output, the input gradient and every weight gradient, by grouped name."""
-    import contextlib
-
     from nemotron3_super.conversion.megatron_io import cpu_current_device
 
     hidden = hidden.detach().clone().requires_grad_(True)

@@ -71,3 +71,35 @@ def test_grouped_refuses_gated_experts(model_parallel) -> None:
     provider = tiny_super_provider(spec_impl="local", gated_linear_unit=True, use_cpu_initialization=True)
     with pytest.raises(ValueError, match="gated_linear_unit=True.*moe_grouped_gemm=False"):
         GroupedMLP(4, provider, pg_collection=ProcessGroupCollection.use_mpu_process_groups())
+
+
+def test_same_seed_same_initial_weights(model_parallel) -> None:
+    """GroupedMLP draws its initial weights as SequentialMLP does (order, FP32 master, TP slice): the same
+    seed builds the same layer, so benchmark rows of the two modules start from the same model."""
+    from expert_pair import moe_layer, sequential_name
+
+    model_parallel()
+    layers = []
+    for grouped in (True, False):
+        torch.manual_seed(3)
+        layers.append(moe_layer(grouped, torch.float32, perform_initialization=True))
+    grouped, sequential = (dict(layer.state_dict()) for layer in layers)
+    for name, tensor in grouped.items():
+        if name.startswith("experts.linear_fc"):
+            for e in range(tensor.shape[0]):
+                assert torch.equal(tensor[e], sequential[sequential_name(name, e)]), (name, e)
+        elif isinstance(tensor, torch.Tensor) and not name.endswith("_extra_state"):
+            assert torch.equal(tensor, sequential[name]), name
+    assert grouped["experts.linear_fc1_weight"].abs().sum() > 0
+
+
+def test_lora_refuses_grouped_experts(model_parallel) -> None:
+    """The host's LoRA has no adapter for stacked expert weights: asking for expert targets is an error
+    naming the module, not a model whose routed experts silently stay without adapters."""
+    from expert_pair import moe_layer
+
+    from nemotron3_super.conversion.peft_export import PeftExportError, apply_lora
+
+    model_parallel()
+    with pytest.raises(PeftExportError, match="experts is a GroupedMLP.*moe_grouped_gemm=False"):
+        apply_lora(moe_layer(True, torch.float32))
