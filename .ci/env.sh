@@ -88,8 +88,7 @@ setup() {
     CAUSAL_CONV1D_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
     "${pip[@]}" install -q --no-build-isolation "${SSM[@]}"
   step "check host imports (conversion, recipes)" env MEGATRON_CONFIG_LOCK_DIR="$VENV/locks" \
-    "$VENV/bin/python" -c 'from nemotron3_super.host_compat import ensure_host_importable
-ensure_host_importable()
+    "$VENV/bin/python" -c 'import nemotron3_super  # applies the host fixes
 import megatron.bridge, megatron.bridge.models, megatron.bridge.models.conversion.model_bridge
 import megatron.bridge.recipes, megatron.bridge.utils.instantiate_utils'
   echo "$want" >"$STAMP"

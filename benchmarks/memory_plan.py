@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout (the GPU machine has no install of this package)
 GIB, GB = 1024 ** 3, 1e9
 PEAK = re.compile(r"peak_allocated_mem:\s*([0-9.eE+-]+)")
 ROW = re.compile(r"^(total \(peak\)|runtime overhead \(assumed\))\s+([0-9.]+)", re.M)

@@ -40,11 +40,9 @@ def bench_listing(repeats: int) -> tuple[float, float]:
 
 
 def bench_registration() -> tuple[float, float]:
-    from nemotron3_super.host_compat import ensure_host_importable
     from nemotron3_super.plugins.host import install_into_host
     from nemotron3_super.plugins.manager import load_plugins
 
-    ensure_host_importable()
     t0 = time.perf_counter()
     import megatron.bridge.models  # noqa: F401 - the host, as a trainer would already have it
     import megatron.bridge.recipes  # noqa: F401

@@ -65,13 +65,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from nemotron3_super.conversion import commands
 
     if args.direction == "import":
+        from nemotron3_super.conversion.hf_io import MODEL_DTYPES
+
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp)
+                                            device=args.device, pp=args.pp,
+                                            dtype=MODEL_DTYPES[args.dtype] if args.dtype else None)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp)
+                                            device=args.device, pp=args.pp,
+                                            copy_remote_code=args.copy_remote_code)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.render(f"convert {args.direction}"))
     return 0
@@ -128,7 +132,9 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
     for p in (imp, exp):
         p.add_argument("--hf-model", required=True, help="HF folder (export: config and reference dtypes)")
         p.add_argument("--megatron-path", required=True, help="Megatron checkpoint folder")
-        p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an output folder that nemotron3-super wrote earlier (never the working "
+                            "directory, an input, or a folder without its marker file)")
         p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
         p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
         p.add_argument("--pp", type=int, default=1, help="pipeline parallel size (>1: run under torchrun)")
@@ -138,7 +144,13 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_convert)
     imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
                      help="layer spec of the Megatron model (parameter names differ)")
+    imp.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                     help="dtype of the Megatron weights (default: config.json's); FP8/NVFP4 checkpoints are "
+                          "dequantized in float32, then cast to it once")
     exp.add_argument("--hf-path", required=True, help="output HF folder")
+    exp.add_argument("--copy-remote-code", action="store_true",
+                     help="also copy the reference folder's *.py files and auto_map entries (code that "
+                          "transformers runs under trust_remote_code); left out by default")
     lora = conv_sub.add_parser("export-lora", help="Megatron LoRA adapter (as the host writes it) -> HF PEFT "
                                "folder; Mamba out_proj / MTP adapters are refused unless --merged-base")
     lora.add_argument("--hf-model", required=True, help="HF base folder (config; weights for --merged-base)")

@@ -210,35 +210,9 @@ def _training_loop(mode: str):
     return entry, forward_step
 
 
-def _use_prebuilt_dataset_helpers() -> None:
-    """Megatron-Bridge 0.6 runs ``make`` in megatron-core's datasets folder at every start, but the
-    megatron-core 0.19 wheel ships the compiled ``helpers_cpp`` and no Makefile, so every pip-installed
-    launch dies with "no makefile found". When the compiled helpers import, skip the rebuild; otherwise
-    keep the host's behaviour (and its error)."""
-    from megatron.bridge.training import initialize
-
-    original = initialize.compile_helpers
-    if getattr(original, "_nemotron3_super", False):
-        return
-
-    def compile_helpers() -> None:
-        try:
-            import megatron.core.datasets.helpers_cpp  # noqa: F401 - prebuilt in the wheel
-        except ImportError:
-            original()
-
-    compile_helpers._nemotron3_super = True  # type: ignore[attr-defined]
-    initialize.compile_helpers = compile_helpers
-
-
 def launch(cfg: Any, mode: str) -> None:
     """Run the host's training loop on this rank (call under torchrun)."""
-    entry, forward_step = _training_loop(mode)
-    _use_prebuilt_dataset_helpers()
-    from nemotron3_super.host_compat import align_host_te_flags, ensure_te_free_optimizer_resume
-
-    align_host_te_flags()  # LoRA without TE: the host's flags would say TE is there
-    ensure_te_free_optimizer_resume()  # resume without Apex/TE (torch AdamW)
+    entry, forward_step = _training_loop(mode)  # host fixes (TE flags, resume, dataset helpers): host_compat
     from nemotron3_super.plugins.host import install_into_host
 
     # our bridge for NemotronH in the host (HF adapter/checkpoint saves during training use it) and our

@@ -75,17 +75,43 @@ SPEC_KINDS = ("auto", "te", "local")
 
 
 # ---------------------------------------------------------------------- local modules and spec hooks
+class NoExtraState:
+    """TE modules checkpoint an ``_extra_state`` (their FP8 metadata) beside their weights; the local stand-ins
+    store None under the same key (as megatron-core's ColumnParallelLinear does), so one torch_dist checkpoint
+    has the same keys whichever spec wrote it. TE's metadata means nothing without TE: it is ignored on load."""
+
+    def get_extra_state(self) -> None:
+        return None
+
+    def set_extra_state(self, state: object) -> None:
+        """Nothing to restore (an FP8 scaling history from a TE-written checkpoint is dropped)."""
+
+
+class LocalRMSNorm(NoExtraState, torch.nn.RMSNorm):
+    """torch RMSNorm with TENorm's checkpoint keys."""
+
+
+class LocalLayerNorm(NoExtraState, torch.nn.LayerNorm):
+    """torch LayerNorm with TENorm's checkpoint keys."""
+
+
 class LocalNorm:
     """torch RMSNorm/LayerNorm as megatron-core's ``WrappedTorchNorm`` builds it, plus what that one
     lacks for training: weights in ``params_dtype`` on the build device (as TENorm), and marked
     ``sequence_parallel`` so megatron's grad finalisation all-reduces them across TP under SP (as
-    apex's FusedLayerNorm does). WrappedTorchNorm refuses sequence parallelism; MoE at TP > 1 needs it."""
+    apex's FusedLayerNorm does). WrappedTorchNorm refuses sequence parallelism; MoE at TP > 1 needs it.
+    Stands for a TENorm (which checkpoints an ``_extra_state``)."""
+
+    extra_state = True
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_unused) -> torch.nn.Module:
         if config.normalization not in ("RMSNorm", "LayerNorm") or config.layernorm_zero_centered_gamma:
             raise ValueError(f"local spec supports RMSNorm/LayerNorm without zero-centered gamma, got "
                              f"normalization={config.normalization!r}")
-        norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
+        if cls.extra_state:
+            norm_cls = LocalRMSNorm if config.normalization == "RMSNorm" else LocalLayerNorm
+        else:
+            norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
         device = None if config.use_cpu_initialization else torch.cuda.current_device()
         norm = norm_cls(hidden_size, eps=eps, device=device, dtype=config.params_dtype)
         for param in norm.parameters():
@@ -93,7 +119,15 @@ class LocalNorm:
         return norm
 
 
-class LocalDuplicatedLinear(torch.nn.Module):
+class LocalPreNorm(LocalNorm):
+    """A pre-norm that the TE spec fuses into the next linear (Mamba ``in_proj``, attention ``linear_qkv``,
+    a dense MLP's ``linear_fc1``): its weight is stored under that linear's ``layer_norm_weight`` key (see
+    ``*_NORM_KEYS`` below) and, as there, with no ``_extra_state`` of its own."""
+
+    extra_state = False
+
+
+class LocalDuplicatedLinear(NoExtraState, torch.nn.Module):
     """Local stand-in for ``TELinear(parallel_mode="duplicated")``: a full (not TP-split) weight
     replicated on every TP rank, marked exactly as TE marks it, so the gradient all-reduce and the
     checkpoint treat it the same. Same parameter names (``weight``, ``bias``) as the TE module.
@@ -266,19 +300,19 @@ def local_layer_spec(config=None) -> ModuleSpec:
         shared_experts=functools.partial(SharedExpertMLP, submodules=mlp),
         latent_proj=LocalDuplicatedLinear))
     mamba = ModuleSpec(module=MambaLayer, submodules=MambaLayerSubmodules(
-        norm=LocalNorm,
+        norm=LocalPreNorm,
         mixer=ModuleSpec(module=MambaMixer, submodules=MambaMixerSubmodules(
             in_proj=LocalMambaInProj, out_proj=RowParallelLinear)),
         mamba_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(MAMBA_NORM_KEYS)))
     attention = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
-        input_layernorm=LocalNorm,
+        input_layernorm=LocalPreNorm,
         self_attention=ModuleSpec(module=SelfAttention, params={"attn_mask_type": AttnMaskType.causal},
                                   submodules=SelfAttentionSubmodules(
                                       linear_qkv=ColumnParallelLinear, core_attention=DotProductAttention,
                                       linear_proj=RowParallelLinear)),
         self_attn_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(ATTENTION_NORM_KEYS)))
     dense_mlp = ModuleSpec(module=MLPLayer, submodules=TransformerLayerSubmodules(
-        pre_mlp_layernorm=LocalNorm, mlp=functools.partial(MLP.as_mlp_submodule, submodules=mlp),
+        pre_mlp_layernorm=LocalPreNorm, mlp=functools.partial(MLP.as_mlp_submodule, submodules=mlp),
         mlp_bda=get_bias_dropout_add, sharded_state_dict_keys_map=dict(DENSE_MLP_NORM_KEYS)))
     moe_layer = ModuleSpec(module=MoETransformerLayer, submodules=TransformerLayerSubmodules(
         pre_mlp_layernorm=LocalNorm, mlp=moe, mlp_bda=get_bias_dropout_add))

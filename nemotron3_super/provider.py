@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+from megatron.bridge.models.hybrid.hybrid_provider import HybridModelProvider
 from megatron.core.activations import squared_relu
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.quantization.quant_config import RecipeConfig
 from megatron.core.transformer.enums import AttnBackend
 
 from nemotron3_super.architecture import SuperArchitecture, super_120b_a12b
-from nemotron3_super.host_compat import ensure_host_importable
 from nemotron3_super.installed import default_attention_backend, default_gradient_accumulation_fusion
 from nemotron3_super.layer_specs import SPEC_KINDS, local_layer_spec, resolve_spec_kind, te_layer_spec
 from nemotron3_super.precision import BF16, FP8, FP8_SCALINGS, NVFP4, PRECISIONS, precision_plan, unsupported_reason
 
-ensure_host_importable()
-from megatron.bridge.models.hybrid.hybrid_provider import HybridModelProvider  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +55,23 @@ ARCH_FIELDS: tuple[tuple[str, str], ...] = (
 LOCAL_SPEC_OFF = ("persist_layer_norm", "moe_permute_fusion", "masked_softmax_fusion",
                   "gradient_accumulation_fusion", "bias_activation_fusion", "apply_rope_fusion",
                   "cross_entropy_loss_fusion")
+
+
+# megatron-core's LanguageModule exports NVTE_{FLASH,FUSED,UNFUSED}_ATTN for each model's attention backend
+# and asserts that every later model in the process agrees, so a process that builds a TE-free model and
+# then a TE one (conversion, compare, tests) stopped on the second. Before each build these variables go
+# back to what the user had set when this module was imported: the user's own settings still meet
+# megatron-core's check; only the values megatron-core exported for an earlier model are dropped.
+_NVTE_ATTENTION_VARS = ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN")
+_USER_NVTE_ATTENTION = {name: os.environ.get(name) for name in _NVTE_ATTENTION_VARS}
+
+
+def _restore_user_attention_env() -> None:
+    for name, value in _USER_NVTE_ATTENTION.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 class PrecisionFallbackWarning(UserWarning):
@@ -333,6 +349,7 @@ class SuperModelProvider(HybridModelProvider):
         self._validate()
         if self._pg_collection is None:
             self._pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+        _restore_user_attention_env()
         return super().provide(pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
 
 

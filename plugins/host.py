@@ -70,9 +70,6 @@ def install_into_host(
     if key in _INSTALLED:
         return _INSTALLED[key]
 
-    from nemotron3_super.host_compat import ensure_host_importable
-
-    ensure_host_importable()
     report = InstallReport(bridge_policy=policy)
     for reg in plugin_set.of_kind("bridge"):
         _install_bridge(reg, policy, report)

@@ -15,24 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron3_super.architecture import SuperArchitecture, load_json, super_120b_a12b
-from nemotron3_super.host_compat import ensure_host_importable
-from nemotron3_super.recipes.layout import Layout
-
-ensure_host_importable()
-import torch  # noqa: E402
-from megatron.bridge.data.builders import GPTSFTDatasetConfig  # noqa: E402
-from megatron.bridge.data.sources.hf import HFDatasetSourceConfig  # noqa: E402
-from megatron.bridge.peft.lora import LoRA  # noqa: E402
-from megatron.bridge.recipes.utils.dataset_utils import default_squad_config  # noqa: E402
-from megatron.bridge.training.config import (  # noqa: E402
+import torch
+from megatron.bridge.data.builders import GPTSFTDatasetConfig
+from megatron.bridge.data.sources.hf import HFDatasetSourceConfig
+from megatron.bridge.peft.lora import LoRA
+from megatron.bridge.recipes.utils.dataset_utils import default_squad_config
+from megatron.bridge.training.config import (
     CheckpointConfig, ConfigContainer, DistributedDataParallelConfig, DistributedInitConfig,
     GPTDatasetConfig, LoggerConfig, OptimizerConfig, RNGConfig, SchedulerConfig, TokenizerConfig,
     TrainingConfig, ValidationConfig)
-from megatron.bridge.training.mixed_precision import bf16_mixed  # noqa: E402
-from megatron.core.datasets.utils import get_blend_from_list  # noqa: E402
+from megatron.bridge.training.mixed_precision import bf16_mixed
+from megatron.core.datasets.utils import get_blend_from_list
 
-from nemotron3_super.provider import SuperModelProvider  # noqa: E402
+from nemotron3_super.architecture import SuperArchitecture, load_json, super_120b_a12b
+from nemotron3_super.provider import SuperModelProvider
+from nemotron3_super.recipes.layout import Layout
 
 # Same tokenizer for every Nemotron 3 model (131,072 tokens); an HF id or a local directory,
 # loaded by the host only when training starts.
@@ -153,11 +150,7 @@ def build_tokenizer(arch: SuperArchitecture, tokenizer_model: str | None, *, rea
 
 
 def build_lora(rank: int = 32, alpha: int = 32) -> LoRA:
-    """LoRA on attention, MLP/expert and Mamba in/out projections (the latent projections stay frozen).
-    Without TE the host's LoRA flags are corrected here, before any training run applies it."""
-    from nemotron3_super.host_compat import align_host_te_flags
-
-    align_host_te_flags()
+    """LoRA on attention, MLP/expert and Mamba in/out projections (the latent projections stay frozen)."""
     return LoRA(target_modules=list(LORA_TARGETS), dim=rank, alpha=alpha, dropout=0.0)
 
 

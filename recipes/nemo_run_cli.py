@@ -16,12 +16,8 @@ from typing import Callable
 
 import nemo_run as run
 
-from nemotron3_super.host_compat import ensure_host_importable
 from nemotron3_super.launch import run_recipe
 from nemotron3_super.recipes import RECIPES
-
-# NeMo-Run also loads the host's own `lm` entry point (`megatron.bridge`), which needs this without TE.
-ensure_host_importable()
 
 NAMESPACE = "nemotron3_super"
 

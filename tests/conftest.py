@@ -6,9 +6,7 @@ import os
 
 import pytest
 
-from nemotron3_super.host_compat import ensure_mamba_ssm_importable
-
-ensure_mamba_ssm_importable()  # before any test imports megatron.core.ssm
+import nemotron3_super  # noqa: F401 - applies the host fixes before any test imports megatron
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,12 @@ Memory: the Megatron model (1x) plus the tensor being converted (import) or one 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -25,14 +22,15 @@ import torch.distributed as dist
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (FP32_SUFFIX, SAFETENSORS_DTYPES, CheckpointError, HFCheckpoint,
-                                              ShardedWriter)
-from nemotron3_super.conversion.mapping import check_coverage, layer_offset, megatron_tensors, module_of, plan
+                                              ShardedWriter, config_dtype)
+from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatron_tensors, module_of, plan
 from nemotron3_super.conversion.megatron_io import (build_model, cpu_current_device, load_checkpoint,
-                                                    parallel_group, read_meta, run_provider, save_checkpoint,
-                                                    shared_temp_dir)
+                                                    parallel_group, read_meta, run_provider, save_checkpoint)
+from nemotron3_super.conversion.outputs import check_output, staged_output
+from nemotron3_super.conversion.quantized import QUANT_CONFIG_FILE, DequantizedCheckpoint, open_checkpoint
 
-_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")  # tokenizer, generation config, chat template
+_COPY_SUFFIXES = (".json", ".txt", ".model", ".jinja")  # tokenizer, generation config, chat template
+_REMOTE_CODE_SUFFIXES = (".py",)  # executed by transformers under trust_remote_code: copied only when asked
 
 
 @dataclass
@@ -43,53 +41,21 @@ class ConvertReport:
     bytes: int = 0
     seconds: float = 0.0
     kept_wider: list[str] = field(default_factory=list)  # Megatron tensors stored in the HF (wider) dtype
+    notes: list[str] = field(default_factory=list)  # e.g. stale partial outputs of earlier runs removed
+    dequantized: str = ""  # a quantized source: what was dequantized (DequantSummary.render)
 
     def render(self, verb: str) -> str:
         rate = self.bytes / max(self.seconds, 1e-9) / 1e9
         return (f"{verb}: {self.source} -> {self.target}: {self.tensors:,} HF tensors, "
                 f"{self.bytes / 2**20:,.1f} MiB in {self.seconds:.1f} s ({rate:.2f} GB/s)"
-                + (f"; kept in HF dtype: {len(self.kept_wider)}" if self.kept_wider else ""))
+                + (f"; kept in HF dtype: {len(self.kept_wider)}" if self.kept_wider else "")
+                + (f"\n  {self.dequantized}" if self.dequantized else "")
+                + "".join(f"\nnote: {n}" for n in self.notes))
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty output unless ``overwrite`` (checked before any work starts)."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise FileExistsError(f"{path}: exists and is not empty (pass --overwrite to replace it)")
-    return path
-
-
-@contextlib.contextmanager
-def staged_output(path: Path) -> Iterator[Path]:
-    """An empty temporary folder beside ``path`` (the same on every rank); on success it replaces
-    ``path``, on error it is removed. Call inside the process group."""
-    if dist.get_rank() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    tmp = shared_temp_dir(path.parent, f".{path.name}.partial-")
-    try:
-        yield tmp
-        dist.barrier()
-    except BaseException:
-        if dist.get_rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dist.get_rank() == 0:
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    dist.barrier()
-
-
-def _model_dtype(config: dict) -> torch.dtype:
-    name = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if name not in _DTYPE_NAMES:
-        raise CheckpointError(f"config.json: torch_dtype={name!r}, expected one of {sorted(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[name]
-
-
-def _open_source(hf_model: str | Path) -> HFCheckpoint:
-    src = HFCheckpoint(hf_model)
+def _open_source(hf_model: str | Path, dtype: torch.dtype | None = None) -> HFCheckpoint:
+    """The import's source, validated (a quantized one through the dequantizing reader, to ``dtype``)."""
+    src = open_checkpoint(hf_model, dtype)
     src.check_quantized()
     if not src.has_weights:
         raise CheckpointError(f"{hf_model}: no *.safetensors files (expected the HF weights)")
@@ -99,16 +65,19 @@ def _open_source(hf_model: str | Path) -> HFCheckpoint:
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
                       spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu",
-                      pp: int = 1) -> ConvertReport:
+                      pp: int = 1, dtype: torch.dtype | None = None) -> ConvertReport:
     """HF folder -> Megatron torch_dist checkpoint. Every tensor keeps its bits: where the Megatron
     parameter is narrower than the HF tensor (e.g. Nano's FP32 router weight) the HF dtype is kept.
-    ``tp``/``ep``/``pp`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout."""
+    ``tp``/``ep``/``pp`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout.
+    ``dtype``: the model's (default: the config's). A ModelOpt FP8 / NVFP4 checkpoint is dequantized to it."""
     start = time.perf_counter()
-    src = _open_source(hf_model)
-    target_path = check_output(megatron_path, overwrite)
+    src = _open_source(hf_model, dtype)
+    dtype = dtype or config_dtype(src.config)
+    target_path = check_output(megatron_path, overwrite, [("--hf-model", hf_model)])
     report = ConvertReport(str(hf_model), str(megatron_path))
-    with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
-        model = build_model(src.arch, _model_dtype(src.config), spec_impl, device)
+    with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert import",
+                                                           source=str(hf_model)) as out, cpu_current_device():
+        model = build_model(src.arch, dtype, spec_impl, device)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, src.arch, offset=layer_offset(model))
         check_coverage(pairs, src.tensors, str(hf_model))
@@ -126,10 +95,12 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
                     target.data = converted.detach().to(target.device, copy=True)
                     report.kept_wider.append(pair.megatron)
             report.tensors += len(pair.hf)
-            report.bytes += sum(src.tensors[h].nbytes for h in pair.hf)
+            report.bytes += sum(src.nbytes(h) for h in pair.hf)
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
                 "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
-        save_checkpoint(model, out, meta, run_provider(src.arch, _model_dtype(src.config), spec_impl, tp, ep, pp))
+        if isinstance(src, DequantizedCheckpoint):
+            meta["dequantized"], report.dequantized = src.summary.as_dict(), src.summary.render()
+        save_checkpoint(model, out, meta, run_provider(src.arch, dtype, spec_impl, tp, ep, pp))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -147,21 +118,25 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
-                      ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None) -> ConvertReport:
+                      ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None,
+                      copy_remote_code: bool = False) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
     ``spec_impl`` (default: the one recorded at import) is the layer spec the checkpoint is read into; both
     specs store the same checkpoint keys, so either reads either's checkpoint.
+    Its tokenizer / generation files travel along; its remote code (``*.py``, ``auto_map``) only with
+    ``copy_remote_code``, so an export does not pass on code nobody asked for.
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
     TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files."""
     start = time.perf_counter()
-    ref, megatron_path = HFCheckpoint(hf_model), Path(megatron_path)
+    ref, megatron_path = open_checkpoint(hf_model), Path(megatron_path)  # a quantized ref: its BF16 view
     meta = read_meta(megatron_path)
     if meta.get("hf_config") and SuperArchitecture.from_hf_config(meta["hf_config"]) != ref.arch:
         raise CheckpointError(f"{megatron_path}: imported from a different architecture than "
                               f"{hf_model}/config.json (compare their config.json files)")
-    target_path = check_output(hf_path, overwrite)
-    report, dtype = ConvertReport(str(megatron_path), str(hf_path)), _model_dtype(ref.config)
-    with parallel_group(tp, ep, device, pp), staged_output(target_path) as out, cpu_current_device():
+    target_path = check_output(hf_path, overwrite, [("--hf-model", hf_model), ("--megatron-path", megatron_path)])
+    report, dtype = ConvertReport(str(megatron_path), str(hf_path)), config_dtype(ref.config)
+    with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert export",
+                                                           source=str(megatron_path)) as out, cpu_current_device():
         model = build_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"), device)
         load_checkpoint(model, megatron_path)
         tensors = megatron_tensors(model)
@@ -178,13 +153,43 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
         if writes:
             writer.close()
             report.bytes = writer.total_bytes
-            for extra in ref.folder.iterdir():  # tokenizer and generation files travel with the weights
-                if extra.is_file() and extra.suffix in _COPY_SUFFIXES and extra.name not in (
-                        "config.json", "model.safetensors.index.json"):
-                    shutil.copy2(extra, out / extra.name)
-            (out / "config.json").write_text(json.dumps(ref.arch.to_hf_config_dict(ref.config), indent=2) + "\n")
+            report.notes += _copy_companions(ref, out, copy_remote_code)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _copy_companions(ref: HFCheckpoint, out: Path, copy_remote_code: bool) -> list[str]:
+    """Tokenizer and generation files next to the weights, and config.json; returns notes on what
+    remote code was left out."""
+    left_out = []
+    for extra in sorted(ref.folder.iterdir()):
+        if not extra.is_file() or extra.name in ("config.json", "model.safetensors.index.json", QUANT_CONFIG_FILE):
+            continue
+        if extra.suffix in _REMOTE_CODE_SUFFIXES and not copy_remote_code:
+            left_out.append(extra.name)
+        elif extra.suffix in _COPY_SUFFIXES or extra.suffix in _REMOTE_CODE_SUFFIXES:
+            shutil.copy2(extra, out / extra.name)
+            if extra.suffix == ".json" and not copy_remote_code:
+                left_out += _drop_auto_map(out / extra.name)
+    config = ref.arch.to_hf_config_dict(ref.config)
+    if "auto_map" in config and not copy_remote_code:
+        del config["auto_map"]
+        left_out.append("config.json auto_map")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return [f"remote code not copied (pass --copy-remote-code to copy it): {', '.join(left_out)}"] if left_out else []
+
+
+def _drop_auto_map(path: Path) -> list[str]:
+    """Remove ``auto_map`` (which points transformers at remote code) from a copied JSON file."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(data, dict) or "auto_map" not in data:
+        return []
+    del data["auto_map"]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return [f"{path.name} auto_map"]
 
 
 def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pairs: list, arch: SuperArchitecture):
@@ -195,7 +200,7 @@ def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pair
     two stages hold (the word embedding, which megatron-core copies onto the MTP stage) is walked once."""
     from megatron.core import parallel_state
 
-    from nemotron3_super.conversion.mapping import Pair, global_name, hf_names, registry_for
+    from nemotron3_super.bridge.pairing import Pair, global_name, hf_names, registry_for
 
     stages = parallel_state.get_pipeline_model_parallel_world_size()
     if stages == 1:

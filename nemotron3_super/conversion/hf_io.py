@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.errors import CheckpointError
 
 ARCHITECTURE = "NemotronHForCausalLM"
 HF_NAME_ALIASES = {"backbone.embedding.weight": "backbone.embeddings.weight"}  # transformers 5.12 spelling
@@ -28,11 +29,8 @@ SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch
                       "F8_E5M2": torch.float8_e5m2}
 QUANTIZED_DTYPES = {"U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
 SCALE_MARKERS = ("weight_scale", "scale_inv", "input_scale", "_amax")
+MODEL_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SHARD_BYTES = 5 * 2**30  # 5 GiB per output shard, as transformers writes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is not what the conversion expects; the message names the file / tensor / field."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,9 @@ class TensorInfo:
         return n
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    """config.json of an HF folder; refuses other architectures and quantized checkpoints."""
+def read_config(folder: Path, allow_quantized: bool = False) -> dict[str, Any]:
+    """config.json of an HF folder; refuses other architectures and (unless ``allow_quantized``: the
+    dequantizing reader in :mod:`.quantized` checks those itself) quantized checkpoints."""
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found (expected an HF checkpoint folder with config.json)")
@@ -69,13 +68,21 @@ def read_config(folder: Path) -> dict[str, Any]:
     if archs != [ARCHITECTURE]:
         raise CheckpointError(f"{path}: architectures={archs!r}, expected [{ARCHITECTURE!r}] "
                               "(this converter handles the Nemotron-H family only)")
-    if config.get("quantization_config"):
+    if config.get("quantization_config") and not allow_quantized:
         method = config["quantization_config"].get("quant_algo") or config["quantization_config"].get(
             "quant_method", "?")
         raise CheckpointError(f"{path}: quantization_config ({method}) present: quantized checkpoints are "
-                              "refused. NVFP4/FP8 weights are stored with per-block scales; converting them "
-                              "to BF16 Megatron weights would not be exact. Convert the BF16 release instead.")
+                              "not read here (`convert import` and `roundtrip` dequantize ModelOpt FP8/NVFP4 "
+                              "releases; this command needs the BF16 release).")
     return config
+
+
+def config_dtype(config: dict[str, Any]) -> torch.dtype:
+    """The model dtype config.json names (``torch_dtype``, or transformers 5's ``dtype``; default BF16)."""
+    name = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    if name not in MODEL_DTYPES:
+        raise CheckpointError(f"config.json: torch_dtype={name!r}, expected one of {sorted(MODEL_DTYPES)}")
+    return MODEL_DTYPES[name]
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -104,11 +111,11 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
 class HFCheckpoint:
     """An HF Nemotron-H folder: config, architecture and a name -> TensorInfo index (no tensor data)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, allow_quantized: bool = False) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder}: not a directory (expected an HF checkpoint folder)")
-        self.config = read_config(self.folder)
+        self.config = read_config(self.folder, allow_quantized)
         try:
             self.arch = SuperArchitecture.from_hf_config(self.config)
         except ValueError as exc:
@@ -158,6 +165,11 @@ class HFCheckpoint:
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"{self.folder}: tensor {name!r} not found")
+        return self.read(info)
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        """The stored tensor ``info`` describes, as stored."""
+        name = info.name
         buf = bytearray(info.nbytes)
         with info.file.open("rb", buffering=0) as fh:
             fh.seek(info.offset)
@@ -166,6 +178,16 @@ class HFCheckpoint:
         if not buf:
             return torch.empty(info.shape, dtype=info.torch_dtype)
         return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(info.shape)
+
+    def names(self) -> list[str]:
+        """Tensor names (the :class:`~nemotron3_super.conversion.streaming.TensorSource` interface)."""
+        return list(self.tensors)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.tensors[name].torch_dtype
+
+    def nbytes(self, name: str) -> int:
+        return self.tensors[name].nbytes
 
     def dtypes(self) -> dict[str, torch.dtype]:
         return {n: i.torch_dtype for n, i in self.tensors.items()}

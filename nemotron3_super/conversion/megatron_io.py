@@ -24,14 +24,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-
-ensure_host_importable()
-from megatron.core import dist_checkpointing, parallel_state  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest  # noqa: E402
-from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy  # noqa: E402
 
 ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"
@@ -97,16 +94,6 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -
 def single_process_group() -> contextlib.AbstractContextManager:
     """TP = EP = PP = 1 (the CPU default)."""
     return parallel_group(1, 1)
-
-
-def shared_temp_dir(parent: Path, prefix: str) -> Path:
-    """A temporary folder made by rank 0, the same path on every rank."""
-    import tempfile
-
-    path = [tempfile.mkdtemp(prefix=prefix, dir=parent) if dist.get_rank() == 0 else None]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(path, src=0)
-    return Path(path[0])
 
 
 @contextlib.contextmanager
@@ -197,6 +184,25 @@ class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
                             preload_fn=preload_fn)
 
 
+@contextlib.contextmanager
+def in_process_write_results() -> Iterator[None]:
+    """The checkpoint writer reports its results through a queue that megatron-core, by default, creates
+    with a *spawned* ``multiprocessing.Manager`` (plus the resource tracker spawn starts): two helper
+    processes that outlive a SIGKILLed conversion, and whose start re-runs a calling script that lacks
+    ``if __name__ == "__main__"``. Our save is synchronous (the writer runs in this process), so a plain
+    thread-safe queue carries the same results with no helper process. Restored on exit."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    previous = filesystem_async._results_queue
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = previous
+
+
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
@@ -210,8 +216,9 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], pr
     strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
-    dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
-                            str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
+    with in_process_write_results():
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
+                                str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
     if dist.get_rank() == 0:
         if provider is not None:
             _write_host_files(path, provider)

@@ -43,16 +43,12 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
+from megatron.bridge.models.conversion.param_mapping import split_qkv_weights
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-
-ensure_host_importable()
-from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry  # noqa: E402
-from megatron.bridge.models.conversion.param_mapping import split_qkv_weights  # noqa: E402
-
-from nemotron3_super.bridge import super_mappings  # noqa: E402
-from nemotron3_super.conversion.hf_io import CheckpointError, HFCheckpoint  # noqa: E402
+from nemotron3_super.bridge.table import super_mappings
+from nemotron3_super.conversion.hf_io import CheckpointError, HFCheckpoint
 
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj", "out_proj")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -125,14 +121,11 @@ def apply_lora(model: torch.nn.Module, targets: Iterable[str] = LORA_TARGETS, di
     from megatron.bridge.peft.lora import LoRA
 
     from nemotron3_super.grouped_experts import GroupedMLP
-    from nemotron3_super.host_compat import align_host_te_flags
 
     grouped = next((n for n, m in model.named_modules() if isinstance(m, GroupedMLP)), None)
     if grouped and {"linear_fc1", "linear_fc2"} & set(targets):
         raise PeftExportError(f"LoRA on routed experts needs per-expert linears, but {grouped} is a GroupedMLP: "
                               "build the model with moe_grouped_gemm=False (SequentialMLP experts)")
-
-    align_host_te_flags()
     return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
 
 

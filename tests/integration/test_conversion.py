@@ -108,9 +108,7 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted, grouped: boo
 
 _HOST_LOAD = """
 import sys, torch
-from nemotron3_super.host_compat import ensure_host_importable, ensure_mamba_ssm_importable
-ensure_host_importable()  # no TE on this machine
-ensure_mamba_ssm_importable()  # CI's mamba-ssm is built without its Mamba-1 CUDA module
+import nemotron3_super  # host fixes: no TE here, and CI's mamba-ssm lacks its Mamba-1 CUDA module
 from megatron.bridge.training.model_load_save import load_megatron_model
 from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, read_run_config, read_train_state
 from nemotron3_super.conversion.megatron_io import cpu_current_device
@@ -193,8 +191,13 @@ def test_cli_export_refuses_non_empty_output(converted, tmp_path: Path, capsys: 
     assert main(args) == 2
     assert "exists and is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "keep.txt").exists()
-    assert main([*args, "--overwrite"]) == 0
-    assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+    assert main([*args, "--overwrite"]) == 2  # not written by this tool: --overwrite does not delete it
+    assert "was not written by nemotron3-super" in capsys.readouterr().err and (target / "keep.txt").exists()
+    (target / "keep.txt").unlink()
+    assert main(args) == 0  # an empty folder is filled
+    (target / "stale.txt").write_text("left in an earlier export")
+    assert main([*args, "--overwrite"]) == 0  # a folder this tool wrote is replaced as a whole
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
 
 
 def _broken(src: Path, dst: Path, how: str) -> Path:
@@ -269,7 +272,7 @@ def test_released_super_mapping_pairs_every_tensor_once(monkeypatch: pytest.Monk
     """At real scale on the meta device: 42,683 HF tensors, each paired with exactly one Megatron tensor
     and back, and every HF->Megatron transform yields the Megatron shape."""
     from nemotron3_super.architecture import super_120b_a12b
-    from nemotron3_super.conversion.mapping import check_coverage, check_shapes, megatron_tensors, plan
+    from nemotron3_super.bridge.pairing import check_coverage, check_shapes, megatron_tensors, plan
     from nemotron3_super.conversion.megatron_io import build_model, single_process_group
 
     arch = super_120b_a12b()

@@ -21,9 +21,7 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _host_round_trip(folder: Path) -> tuple[dict, object]:
-    from nemotron3_super.host_compat import ensure_host_importable
-
-    ensure_host_importable()  # before the first megatron.bridge import (no Transformer Engine here)
+    import nemotron3_super  # noqa: F401 - host fixes before the first megatron.bridge import (no TE here)
     from megatron.bridge.models.hf_pretrained.causal_lm import PreTrainedCausalLM
 
     from nemotron3_super.bridge import SuperBridge

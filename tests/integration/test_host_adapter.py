@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def mb():  # noqa: ANN201 - the host's dispatch module
-    from nemotron3_super.host_compat import ensure_host_importable
-
-    ensure_host_importable()
+    import nemotron3_super  # noqa: F401 - host fixes (no TE here) before the first megatron.bridge import
     import megatron.bridge.models  # noqa: F401 - host bridges register on import
     from megatron.bridge.models.conversion import model_bridge
 
@@ -121,8 +119,7 @@ def test_install_imports_no_model_code_until_the_bridge_is_used() -> None:
 
     code = (
         "import json, sys\n"
-        "from nemotron3_super.host_compat import ensure_host_importable\n"
-        "ensure_host_importable()\n"
+        "import nemotron3_super\n"
         "import megatron.bridge.models\n"
         "from megatron.bridge.models.conversion import model_bridge\n"
         "from nemotron3_super.plugins import install_into_host, load_plugins\n"

@@ -50,12 +50,10 @@ def _expand(pattern: str, arch) -> list[str]:
 
 
 def test_our_table_maps_every_host_name_as_the_host_does() -> None:
-    from nemotron3_super.architecture import super_120b_a12b
-    from nemotron3_super.conversion.mapping import hf_names, registry_for
-    from nemotron3_super.host_compat import ensure_host_importable
-
-    ensure_host_importable()
+    from nemotron3_super.architecture import super_120b_a12b  # importing nemotron3_super applies the host fixes
     from megatron.bridge.models.nemotronh.nemotron_h_bridge import NemotronHBridge
+
+    from nemotron3_super.bridge.pairing import hf_names, registry_for
 
     arch = super_120b_a12b()
     host_bridge = NemotronHBridge()

@@ -19,7 +19,7 @@ IDS = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4, 200, 17, 63, 8]])
 
 
 def _load_hf_into(model, src) -> None:
-    from nemotron3_super.conversion.mapping import megatron_tensors, module_of, plan
+    from nemotron3_super.bridge.pairing import megatron_tensors, module_of, plan
 
     tensors = megatron_tensors(model)
     for pair in plan(tensors, src.arch):
@@ -30,7 +30,7 @@ def _load_hf_into(model, src) -> None:
 
 def _unwrapped(model) -> dict[str, torch.Tensor]:
     """Megatron tensors by base names, LoRA merged in (W + B@A * alpha/r), ``to_wrap`` / adapters removed."""
-    from nemotron3_super.conversion.mapping import megatron_tensors
+    from nemotron3_super.bridge.pairing import megatron_tensors
     from nemotron3_super.conversion.peft_export import lora_modules
 
     out = {n.replace(".to_wrap.", "."): t.detach().clone().float() for n, t in megatron_tensors(model).items()
@@ -47,7 +47,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, process_group) -> dict:
     from nemotron3_super.architecture import tiny_super
     from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
     from nemotron3_super.conversion.hf_io import HFCheckpoint
-    from nemotron3_super.conversion.mapping import module_of, plan
+    from nemotron3_super.bridge.pairing import module_of, plan
     from nemotron3_super.conversion.megatron_io import build_model, cpu_current_device, parallel_group
     from nemotron3_super.conversion.peft_export import (PeftExportError, apply_lora, export_adapter,
                                                         lora_modules, megatron_lora_deltas)

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from bench_scripts import load
 
-ts = load("train_step")
 cc = load("build_causal_conv1d")
+report = load("train_step_report")
+rows_mod = load("train_step_rows")
+timing = load("step_timing")
+ts = load("train_step")
 
 
 # ------------------------------------------------------------------ paired (interleaved) ratio
@@ -18,7 +21,7 @@ def test_paired_summary_is_the_median_of_per_round_ratios() -> None:
     # a drift that slows both models alike in rounds 3-4 leaves the per-round ratio at 1.25
     host = [100.0, 100.0, 200.0, 200.0, 100.0]
     ours = [80.0, 80.0, 160.0, 160.0, 80.0]
-    out = ts.paired_summary(host, ours)
+    out = timing.paired_summary(host, ours)
     assert out["ratio_median"] == pytest.approx(1.25)
     assert out["ratio_q1"] == pytest.approx(1.25) and out["ratio_q3"] == pytest.approx(1.25)
     assert out["rounds"] == 5 and out["rounds_ours_faster"] == 5
@@ -26,7 +29,7 @@ def test_paired_summary_is_the_median_of_per_round_ratios() -> None:
 
 
 def test_paired_summary_counts_rounds_where_ours_is_slower() -> None:
-    out = ts.paired_summary([100.0, 100.0, 100.0], [90.0, 110.0, 125.0])
+    out = timing.paired_summary([100.0, 100.0, 100.0], [90.0, 110.0, 125.0])
     assert out["rounds_ours_faster"] == 1
     assert out["ratio_median"] == pytest.approx(100 / 110)
 
@@ -34,13 +37,13 @@ def test_paired_summary_counts_rounds_where_ours_is_slower() -> None:
 @pytest.mark.parametrize(("host", "ours"), [([], []), ([1.0, 2.0], [1.0])])
 def test_paired_summary_rejects_unmatched_rounds(host: list[float], ours: list[float]) -> None:
     with pytest.raises(ValueError, match="equally many host and ours steps"):
-        ts.paired_summary(host, ours)
+        timing.paired_summary(host, ours)
 
 
 def test_paired_cell_formats_result_error_and_absence() -> None:
-    assert ts.paired_cell(None) == "—"
-    assert ts.paired_cell({"error": "CUDA out of memory"}) == "failed: CUDA out of memory"
-    assert ts.paired_cell({"ratio_median": 1.0123, "ratio_q1": 0.99, "ratio_q3": 1.03}) == "1.012 (0.990-1.030)"
+    assert report.paired_cell(None) == "—"
+    assert report.paired_cell({"error": "CUDA out of memory"}) == "failed: CUDA out of memory"
+    assert report.paired_cell({"ratio_median": 1.0123, "ratio_q1": 0.99, "ratio_q3": 1.03}) == "1.012 (0.990-1.030)"
 
 
 # ------------------------------------------------------------------ Mamba paths
@@ -49,20 +52,20 @@ def test_mamba_path_kernels_fallback_hides_causal_conv1d_and_restores_it(monkeyp
 
     sentinel = object()
     monkeypatch.setattr(mamba_mixer, "causal_conv1d_fn", sentinel)
-    with ts.mamba_path_kernels("fallback"):
+    with rows_mod.mamba_path_kernels("fallback"):
         assert mamba_mixer.causal_conv1d_fn is None
-        assert ts.mamba_kernels(mem_eff=False).startswith("nn.Conv1d")
+        assert rows_mod.mamba_kernels(mem_eff=False).startswith("nn.Conv1d")
     assert mamba_mixer.causal_conv1d_fn is sentinel
-    with ts.mamba_path_kernels("split"):
+    with rows_mod.mamba_path_kernels("split"):
         assert mamba_mixer.causal_conv1d_fn is sentinel
-        assert ts.mamba_kernels(mem_eff=False).startswith("causal_conv1d_fn")
+        assert rows_mod.mamba_kernels(mem_eff=False).startswith("causal_conv1d_fn")
 
 
 def test_mamba_path_kernels_split_without_causal_conv1d_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from megatron.core.ssm import mamba_mixer
 
     monkeypatch.setattr(mamba_mixer, "causal_conv1d_fn", None)
-    with pytest.raises(RuntimeError, match="split needs causal-conv1d"), ts.mamba_path_kernels("split"):
+    with pytest.raises(RuntimeError, match="split needs causal-conv1d"), rows_mod.mamba_path_kernels("split"):
         pass
 
 
@@ -73,14 +76,14 @@ def test_path_agreement_reports_each_model_seen_on_two_paths() -> None:
         {"impl": "host", "shape": "host-buildable", "mamba_path": "fallback", "loss_first": 9.0},
         {"impl": "host", "shape": "host-buildable", "mamba_path": "mem_eff", "error": "boom"},
     ]
-    lines = ts.path_agreement(rows)
+    lines = report.path_agreement(rows)
     assert len(lines) == 1  # the host model has one successful path: nothing to compare
     assert "ours @ full: fallback 10.0000, mem_eff 10.0010" in lines[0] and "1.0e-04" in lines[0]
 
 
 def test_cli_names_paths_and_sets() -> None:
     assert ts.parse_args(["--mamba-path", "all"]).mamba_path == "all"
-    assert ts.PATH_SETS["all"] == list(ts.MAMBA_PATHS)
+    assert rows_mod.PATH_SETS["all"] == list(rows_mod.MAMBA_PATHS)
     assert ts.parse_args([]).paired is True and ts.parse_args(["--no-paired"]).paired is False
 
 
@@ -139,8 +142,8 @@ def test_markdown_table_shows_spread_sequential_and_paired_ratios() -> None:
     ours = {**host, "impl": "ours", "tokens_per_s": 1100.0,
             "paired": {"ratio_median": 1.001, "ratio_q1": 0.95, "ratio_q3": 1.05}}
     rows = [host, ours]
-    ts.add_ratios(rows)
-    table = ts.markdown_table(rows, ["no final norm"])
+    report.add_ratios(rows)
+    table = report.markdown_table(rows, ["no final norm"])
     assert "| 120.0 (105-135) |" in table  # median (IQR)
     assert "| 1.100 | 1.001 (0.950-1.050) |" in table
     assert table.splitlines()[1].count("---") == len(table.splitlines()[0].split("|")) - 2

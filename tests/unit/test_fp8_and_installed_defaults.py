@@ -139,3 +139,19 @@ def test_user_setting_wins_over_the_installed_default() -> None:
     provider = SuperModelProvider.from_architecture(tiny_super(), attention_backend=AttnBackend.fused,
                                                     gradient_accumulation_fusion=True)
     assert provider.attention_backend == AttnBackend.fused and provider.gradient_accumulation_fusion is True
+
+
+def test_attention_env_of_an_earlier_model_does_not_block_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """megatron-core exports NVTE_*_ATTN per model and asserts later models agree: values it exported for a
+    TE-free model must not stop a TE model built next in the same process; the user's own values stay."""
+    from nemotron3_super import provider as provider_module
+
+    monkeypatch.setattr(provider_module, "_USER_NVTE_ATTENTION",
+                        {"NVTE_FLASH_ATTN": None, "NVTE_FUSED_ATTN": "1", "NVTE_UNFUSED_ATTN": None})
+    for name in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+        monkeypatch.setenv(name, "0")  # what megatron-core exports after building a local-spec model
+    provider_module._restore_user_attention_env()
+    import os
+
+    assert "NVTE_FLASH_ATTN" not in os.environ and "NVTE_UNFUSED_ATTN" not in os.environ
+    assert os.environ["NVTE_FUSED_ATTN"] == "1"  # the user's setting

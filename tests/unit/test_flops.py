@@ -1,4 +1,4 @@
-"""``model_flops_per_token`` (benchmarks/train_step.py) against counts made without its formula.
+"""``nemotron3_super.flops`` (the benchmark's TFLOP/s) against counts made without its formula.
 
 Independent count: transformers' NemotronH (eager attention, eager per-expert loop) is run on CPU under
 ``torch.utils.flop_counter.FlopCounterMode``, which tallies every matmul actually executed, per module.
@@ -15,14 +15,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from bench_scripts import load
 
+from nemotron3_super import flops as formula
 from nemotron3_super.architecture import super_120b_a12b, tiny_super
 
 SEQ = 64  # shorter than the 128-token SSD chunk: one chunk of 64
 
-
-ts = load("train_step")
 
 
 @pytest.fixture(scope="module")
@@ -49,42 +47,42 @@ def test_each_block_matches_the_executed_matmuls(measured) -> None:
     arch, flops = measured["arch"], measured["flops"]
     assert set(arch.hybrid_override_pattern) == {"M", "E", "*"} and arch.moe_latent_size
     for i, symbol in enumerate(arch.hybrid_override_pattern):
-        terms = ts.block_flops(arch, symbol, SEQ)
+        terms = formula.block_flops(arch, symbol, SEQ)
         if symbol == "M":  # the projections; HF's SSD/conv arithmetic is version-dependent, checked below
             for proj in ("in_proj", "out_proj"):
                 assert flops[f"model.layers.{i}.mixer.{proj}"] == terms[proj], f"layer {i} {proj}"
         else:  # every matmul the block executed
             assert flops[f"model.layers.{i}"] == sum(terms.values()), f"layer {i} ({symbol})"
-    assert flops["lm_head"] == ts.forward_flops_per_token(arch, SEQ, 2)["lm_head"] == 2 * 128 * 256
+    assert flops["lm_head"] == formula.forward_flops_per_token(arch, SEQ, 2)["lm_head"] == 2 * 128 * 256
 
 
 def test_moe_counts_only_topk_experts_and_latent_width(measured) -> None:
     arch, flops = measured["arch"], measured["flops"]
     e = arch.hybrid_override_pattern.index("E")
     routed = flops[f"model.layers.{e}.mixer.experts"]
-    assert routed == ts.block_flops(arch, "E", SEQ)["routed_experts"]
+    assert routed == formula.block_flops(arch, "E", SEQ)["routed_experts"]
     assert routed == 2 * 2 * 64 * 64 * 2  # top-2 experts x (up + down) x latent 64 x ffn 64 x 2 FLOPs/MAC
     assert flops[f"model.layers.{e}.mixer.fc1_latent_proj"] + flops[f"model.layers.{e}.mixer.fc2_latent_proj"] == (
-        ts.block_flops(arch, "E", SEQ)["latent_proj"])
+        formula.block_flops(arch, "E", SEQ)["latent_proj"])
 
 
 def test_attention_counts_the_full_square(measured) -> None:
     arch, flops = measured["arch"], measured["flops"]
     a = arch.hybrid_override_pattern.index("*")
-    terms = ts.block_flops(arch, "*", SEQ)
+    terms = formula.block_flops(arch, "*", SEQ)
     projections = sum(flops[f"model.layers.{a}.mixer.{p}"] for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert flops[f"model.layers.{a}"] - projections == terms["scores"] + terms["context"] == 4 * 128 * SEQ
 
 
 def test_mamba_conv_and_ssd_terms(measured) -> None:
     arch = measured["arch"]
-    terms = ts.block_flops(arch, "M", SEQ)
+    terms = formula.block_flops(arch, "M", SEQ)
     channels, _, taps = measured["conv"]["model.layers.0.mixer.conv1d"]
     assert terms["conv1d"] == 2 * channels * taps  # depthwise: one multiply-add per channel and tap
     # d_inner 128, 2 groups x state 16, one chunk of 64 tokens: intra-chunk C.B^T (2*64*32) and its product
     # with x (2*64*128), chunk state B^T x (2*16*128) and its read-out C.state (2*16*128)
     assert terms["ssd"] == 2 * 64 * 32 + 2 * 64 * 128 + 2 * 16 * 128 + 2 * 16 * 128
-    longer = ts.block_flops(arch, "M", 4096)["ssd"]  # chunk capped at 128 tokens: linear in s, not quadratic
+    longer = formula.block_flops(arch, "M", 4096)["ssd"]  # chunk capped at 128 tokens: linear in s, not quadratic
     assert longer == 2 * 128 * (128 + 32) + 4 * 16 * 128
 
 
@@ -93,14 +91,14 @@ def test_mtp_and_total(measured) -> None:
     per_kind = {s: flops[f"model.layers.{arch.hybrid_override_pattern.index(s)}"] for s in "E*"}  # MTP: "*E"
     eh_proj = dict(arch.hf_tensors())["mtp.layers.0.eh_proj.weight"]  # [h, 2h]
     depth = 2 * eh_proj[0] * eh_proj[1] + sum(per_kind[s] for s in arch.mtp_hybrid_override_pattern) + flops["lm_head"]
-    fwd = ts.forward_flops_per_token(arch, SEQ, 2)
+    fwd = formula.forward_flops_per_token(arch, SEQ, 2)
     assert fwd["mtp"] == 2 * depth  # the one "*E" block runs at 2 depths, each with its own LM head
-    assert ts.forward_flops_per_token(arch, SEQ, 0)["mtp"] == 0
-    backbone = sum(ts.block_flops(arch, s, SEQ)[t] for s in arch.hybrid_override_pattern
-                   for t in ts.block_flops(arch, s, SEQ))
-    assert ts.model_flops_per_token(arch, SEQ, 2) == 3 * (backbone + flops["lm_head"] + 2 * depth)
+    assert formula.forward_flops_per_token(arch, SEQ, 0)["mtp"] == 0
+    backbone = sum(formula.block_flops(arch, s, SEQ)[t] for s in arch.hybrid_override_pattern
+                   for t in formula.block_flops(arch, s, SEQ))
+    assert formula.model_flops_per_token(arch, SEQ, 2) == 3 * (backbone + flops["lm_head"] + 2 * depth)
     no_mtp = dataclasses.replace(arch, num_nextn_predict_layers=0, mtp_hybrid_override_pattern="")
-    assert ts.forward_flops_per_token(no_mtp, SEQ, 2)["mtp"] == 0  # no MTP block: depths ignored
+    assert formula.forward_flops_per_token(no_mtp, SEQ, 2)["mtp"] == 0  # no MTP block: depths ignored
 
 
 def test_super_matmul_flops_are_twice_the_active_matmul_params() -> None:
@@ -113,6 +111,6 @@ def test_super_matmul_flops_are_twice_the_active_matmul_params() -> None:
                   + len(pattern) * h  # one pre-norm per block
                   + pattern.count("M") * (arch.mamba_conv_dim * (arch.conv_kernel + 1) + 3 * heads + d)
                   + pattern.count("E") * arch.n_routed_experts)  # conv, A_log/D/dt_bias, gated norm, expert bias
-    linear = sum(v for s in pattern for k, v in ts.block_flops(arch, s, 4096).items()
+    linear = sum(v for s in pattern for k, v in formula.block_flops(arch, s, 4096).items()
                  if k not in ("scores", "context", "ssd", "conv1d"))
     assert linear + 2 * h * arch.vocab_size == 2 * (counts.active - not_matmul)

@@ -1,8 +1,10 @@
-"""HF <-> Megatron weight names for ``NemotronHForCausalLM`` (the whole Nemotron-H family; Super is the superset).
+"""The name table: HF <-> Megatron weight names for ``NemotronHForCausalLM`` (the whole Nemotron-H family;
+Super is the superset).
 
 The table below reads like the checkpoint: HF on-disk names (``backbone.*``, ``mtp.*``) against the
 Megatron parameters of both layer specs (TE: fused norms, grouped experts ``weight{e}``; TE-free "local":
-separate norms, stacked grouped experts ``linear_fc1_weight`` or per-expert ``local_experts``). A spec's names that a built model lacks are simply never looked up.
+separate norms, stacked grouped experts ``linear_fc1_weight`` or per-expert ``local_experts``). A spec's
+names that a built model lacks are simply never looked up.
 Unlike the host's Nemotron-H bridge: a missing or unused tensor is an error; the embedding is written
 as ``backbone.embeddings`` (``conversion.hf_io`` also reads transformers' ``backbone.embedding``); the
 MTP attention norm is mapped in the TE-free layout too; the router correction bias stays FP32 both ways;
@@ -14,15 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.host_compat import ensure_host_importable
-from nemotron3_super.provider import SuperModelProvider
-
-ensure_host_importable()
-import torch  # noqa: E402
-from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry  # noqa: E402
-from megatron.bridge.models.conversion.model_bridge import MegatronModelBridge  # noqa: E402
-from megatron.bridge.models.conversion.param_mapping import (  # noqa: E402
+import torch
+from megatron.bridge.models.conversion.param_mapping import (
     AutoMapping,
     ColumnParallelMapping,
     MambaConv1dMapping,
@@ -33,7 +28,8 @@ from megatron.bridge.models.conversion.param_mapping import (  # noqa: E402
     RowParallelMapping,
 )
 
-from nemotron3_super.expert_mapping import GroupedExpertMapping  # noqa: E402
+from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.bridge.expert_mapping import GroupedExpertMapping
 
 # Megatron name (after the block prefix) -> HF name (after the block prefix), for every block kind.
 BLOCK_NAMES: dict[str, str] = {
@@ -159,53 +155,3 @@ def super_mappings(arch: SuperArchitecture) -> list[MegatronParamMapping]:
         for i in range(len(arch.mtp_hybrid_override_pattern)):
             out += block_mappings(*depth.block(i), experts)
     return out
-
-
-class SuperBridge(MegatronModelBridge):
-    """Nemotron-H bridge: our provider, our name table, strict coverage.
-
-    Registered by this library's plugin (not by import side effect); see ``plugins/host.py`` for the
-    policy that decides whether it replaces the host's own ``NemotronHBridge``.
-    """
-
-    SOURCE_NAME = "NemotronHForCausalLM"
-    MODEL_TYPE = "nemotron_h"
-    PROVIDER_CLASS = SuperModelProvider
-
-    def provider_bridge(self, hf_pretrained: Any) -> SuperModelProvider:
-        config = getattr(hf_pretrained, "config", hf_pretrained)
-        params_dtype = self.dtype_from_hf(config, default=None) if hasattr(config, "torch_dtype") else None
-        overrides: dict[str, Any] = {}
-        if params_dtype is not None:  # keep the checkpoint's dtype (bf16 for the released model)
-            overrides = {"params_dtype": params_dtype, "bf16": params_dtype == torch.bfloat16,
-                         "fp16": params_dtype == torch.float16}
-        return SuperModelProvider.from_hf_config(config, **overrides)
-
-    @classmethod
-    def megatron_to_hf_config(cls, provider: SuperModelProvider) -> dict:
-        """config.json with the layer and MTP patterns (loads in transformers natively)."""
-        return provider.to_architecture().to_hf_config_dict()
-
-    @classmethod
-    def get_hf_tokenizer_kwargs(cls) -> dict:
-        """Nemotron-H ships only a fast tokenizer (tokenizer.json)."""
-        return {"use_fast": True}
-
-    def mapping_registry(self) -> MegatronMappingRegistry:
-        return MegatronMappingRegistry(*super_mappings(SuperArchitecture.from_hf_config(self.hf_config)))
-
-    def maybe_modify_converted_hf_weight(self, task: Any, converted_weights_dict: dict, hf_state_dict: Any) -> dict:
-        """Host export path: Megatron keeps A_log / D in FP32; on disk they are in the model dtype.
-        Correction biases stay FP32. (``convert export`` instead restores each tensor's recorded dtype.)"""
-        model_dtype = self.dtype_from_hf(self.hf_config, default=torch.bfloat16)
-        return {name: t.float() if name.endswith(FP32_HF_SUFFIX) else
-                t.to(model_dtype) if t.dtype == torch.float32 and model_dtype != torch.float32 else t
-                for name, t in converted_weights_dict.items()}
-
-    def build_conversion_tasks(self, hf_pretrained: Any, megatron_model: Any, weight_dtype: Any = None) -> list:
-        """The host's tasks, but a Megatron parameter without a mapping or an HF tensor is an error."""
-        tasks = super().build_conversion_tasks(hf_pretrained, megatron_model, weight_dtype=weight_dtype)
-        from nemotron3_super.conversion.mapping import check_host_tasks
-
-        check_host_tasks(self, hf_pretrained, megatron_model, tasks)
-        return tasks

@@ -12,11 +12,12 @@ from typing import Any, Iterable
 
 import torch
 
-from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.bridge import super_mappings
-from nemotron3_super.conversion.hf_io import CheckpointError
 from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
 from megatron.bridge.models.conversion.param_mapping import MegatronParamMapping
+
+from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.bridge.table import super_mappings
+from nemotron3_super.errors import CheckpointError
 
 
 @dataclass
@@ -99,6 +100,7 @@ def hf_names(mapping: MegatronParamMapping) -> tuple[str, ...]:
 
 
 def registry_for(arch: SuperArchitecture) -> MegatronMappingRegistry:
+    """The host registry of every mapping for ``arch`` (the bridge and our conversion share it)."""
     return MegatronMappingRegistry(*super_mappings(arch))
 
 

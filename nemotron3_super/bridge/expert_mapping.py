@@ -13,11 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-from nemotron3_super.host_compat import ensure_host_importable
-
-ensure_host_importable()
-from megatron.bridge.models.conversion.param_mapping import MegatronParamMapping  # noqa: E402
+from megatron.bridge.models.conversion.param_mapping import MegatronParamMapping
 
 EXPERT_FIELD = "{expert}"
 
