@@ -205,7 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
-        print(f"nemotron3-super {args.command}: error: {exc}", file=sys.stderr)
+        from nemotron3_super.failures import describe
+
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        from nemotron3_super.failures import describe, is_checkpoint_exception
+
+        if not is_checkpoint_exception(exc):
+            raise  # KeyboardInterrupt, SystemExit
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
 
 

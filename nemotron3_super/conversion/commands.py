@@ -68,6 +68,8 @@ def _open_source(hf_model: str | Path, dtype: torch.dtype | None = None) -> HFCh
     if not src.has_weights:
         raise CheckpointError(f"{hf_model}: no *.safetensors files (expected the HF weights)")
     src.check_against(src.arch)
+    if getattr(src, "quantization_config", None) is None:  # a dequantized source has the dtype it is given
+        _check_config_dtype(src)
     return src
 
 
@@ -116,6 +118,18 @@ def _exact_cast(values: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Te
     if not torch.equal(cast.to(values.dtype), values):
         raise CheckpointError(f"{what}: {values.dtype} values do not fit {dtype} exactly")
     return cast
+
+
+def _check_config_dtype(src: HFCheckpoint) -> None:
+    """A config whose torch_dtype is one 16-bit float format while every 16-bit tensor is the other would
+    build the Megatron model in a format no weight has: refused up front."""
+    wanted = config_dtype(src.config)
+    halves = {i.torch_dtype for i in src.tensors.values() if i.torch_dtype in (torch.float16, torch.bfloat16)}
+    if wanted in (torch.float16, torch.bfloat16) and halves and wanted not in halves:
+        example = next(i for i in src.tensors.values() if i.torch_dtype in halves)
+        raise CheckpointError(f"{src.folder / 'config.json'}: torch_dtype={str(wanted).removeprefix('torch.')} but "
+                              f"the 16-bit tensors are {example.dtype} (e.g. {example.name!r} in "
+                              f"{example.file.name}): fix torch_dtype in config.json")
 
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
