@@ -51,8 +51,9 @@ sys.path.insert(0, str(ROOT))
 from host_probe import HostPlan, describe_host, print_host_plan, probe_host  # noqa: E402 - after sys.path
 from step_timing import TOP_KERNELS  # noqa: E402
 from train_step_models import Run, bench_arch, error_record, free_cuda, shape_summary  # noqa: E402
-from train_step_report import add_ratios, jsonable, markdown_table, path_agreement, print_flops, versions  # noqa: E402
-from train_step_rows import (MAMBA_PATHS, PATH_SETS, RowPlan, build_row, mem_eff_unavailable, run_paired,  # noqa: E402
+from train_step_report import (add_ratios, jsonable, markdown_table, path_agreement, print_flops,  # noqa: E402
+                               row_label, versions)
+from train_step_rows import (EXPERT_IMPLS, MAMBA_PATHS, PATH_SETS, RowPlan, build_row, mem_eff_unavailable, run_paired,  # noqa: E402
                              run_row)
 
 from nemotron3_super import flops  # noqa: E402
@@ -73,7 +74,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
     results = []
     for row in rows_plan:
         depths = run.mtp_depths if row.arch.mtp_hybrid_override_pattern else 0
-        entry = {"impl": row.impl, "shape": row.shape,
+        entry = {"impl": row.impl, "experts": row.experts, "shape": row.shape,
                  "flops_per_token": model_flops_per_token(row.arch, args.seq, depths)}
         try:
             _, model = build_row(row, run, host, mem_eff=False, init=False)
@@ -83,7 +84,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
             entry.update(error_record(exc))
         free_cuda()
         results.append(entry)
-        print(f"built {row.impl:4s} @ {row.shape:14s}: " +
+        print(f"built {row_label(entry):17s} @ {row.shape:14s}: " +
               (f"{entry['params']:,} params, {entry['flops_per_token'] / 1e9:.3f} GFLOP/token (train)"
                if "params" in entry else f"FAILED {entry['error']}"))
     if host:
@@ -96,10 +97,12 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
               full: SuperArchitecture, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every (row, Mamba path); print the table and, with --profile, the top kernels."""
     rows = []
-    pair = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours at the same shape
+    same_shape = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours (first expert module)
+    pair = [r for r in same_shape if r.impl == "host"][:1] + [r for r in same_shape if r.impl == "ours"][:1]
     for path in paths:
         for row in rows_plan:
-            print(f"\n[{row.impl} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
+            label = row_label({"impl": row.impl, "experts": row.experts})
+            print(f"\n[{label} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
             result = run_row(row, path, run, host, args)
             rows.append(result)
             if "error" in result:
@@ -111,7 +114,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
             print(f"\n[host vs ours @ host-buildable, mamba {path}] interleaved rounds ...", flush=True)
             paired = run_paired(pair[0], pair[1], path, run, host, args)
             next(r for r in rows[-len(rows_plan):] if r["impl"] == "ours" and r["shape"] == "host-buildable"
-                 )["paired"] = paired
+                 and r["experts"] == pair[1].experts)["paired"] = paired
             print(f"  FAILED: {paired['error']}" if "error" in paired else
                   f"  per-round ratio host/ours median {paired['ratio_median']:.3f} "
                   f"(IQR {paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}; ours faster in "
@@ -124,7 +127,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
         if "profile" not in r:
             continue
         prof = r["profile"]
-        print(f"\nTop {TOP_KERNELS} CUDA kernels, ours @ full, mamba {r['mamba_path']} "
+        print(f"\nTop {TOP_KERNELS} CUDA kernels, {row_label(r)} @ full, mamba {r['mamba_path']} "
               f"(profiled step {prof['step_ms']:.1f} ms, kernels {prof['kernel_ms_total']:.1f} ms):")
         if not prof["top"]:
             print("(the profiler recorded no CUDA kernel events)")
@@ -138,6 +141,9 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", choices=("ours", "host", "both"), default="both")
+    p.add_argument("--expert-impl", choices=tuple(EXPERT_IMPLS), default="grouped",
+                   help="routed experts of our rows: grouped (GroupedMLP, two grouped GEMMs; the local spec's "
+                        "default), sequential (megatron-core's SequentialMLP, a GEMM pair per expert), or both")
     p.add_argument("--mamba-path", choices=(*MAMBA_PATHS, *PATH_SETS), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in MAMBA_PATHS.items())
                    + "; both: fallback + mem_eff; all: the three. Default: all when causal-conv1d imports, "
@@ -263,9 +269,9 @@ def run_all(args: argparse.Namespace, full: SuperArchitecture, run: Run, paths: 
         exact = not host.differences(full)  # e.g. no final norm: same shape config, still not the full model
         rows_plan.append(RowPlan("host", "full" if exact else "host-buildable", host.arch))
         if args.impl == "both" and host.arch != full:
-            rows_plan.append(RowPlan("ours", "host-buildable", host.arch))
+            rows_plan += [RowPlan("ours", "host-buildable", host.arch, e) for e in EXPERT_IMPLS[args.expert_impl]]
     if args.impl in ("ours", "both"):
-        rows_plan.append(RowPlan("ours", "full", full))
+        rows_plan += [RowPlan("ours", "full", full, e) for e in EXPERT_IMPLS[args.expert_impl]]
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),

@@ -79,12 +79,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp,
+                                            device=args.device, pp=args.pp, quiet=args.quiet,
                                             dtype=MODEL_DTYPES[args.dtype] if args.dtype else None)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp,
+                                            device=args.device, pp=args.pp, quiet=args.quiet,
                                             copy_remote_code=args.copy_remote_code)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.render(f"convert {args.direction}"))
@@ -145,6 +145,7 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an output folder that nemotron3-super wrote earlier (never the working "
                             "directory, an input, or a folder without its marker file)")
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr (only the final report)")
         p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
         p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
         p.add_argument("--pp", type=int, default=1, help="pipeline parallel size (>1: run under torchrun)")
@@ -223,7 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
-        print(f"nemotron3-super {args.command}: error: {exc}", file=sys.stderr)
+        from nemotron3_super.failures import describe
+
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        from nemotron3_super.failures import describe, is_checkpoint_exception
+
+        if not is_checkpoint_exception(exc):
+            raise  # KeyboardInterrupt, SystemExit
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
     finally:
         logging.disable(logging_disabled)  # as the caller had it

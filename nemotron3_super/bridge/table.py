@@ -2,8 +2,9 @@
 Super is the superset).
 
 The table below reads like the checkpoint: HF on-disk names (``backbone.*``, ``mtp.*``) against the
-Megatron parameters of both layer specs (TE: fused norms, grouped experts; TE-free "local": separate
-norms, per-expert ``local_experts``). A spec's names that a built model lacks are simply never looked up.
+Megatron parameters of both layer specs (TE: fused norms, grouped experts ``weight{e}``; TE-free "local":
+separate norms, stacked grouped experts ``linear_fc1_weight`` or per-expert ``local_experts``). A spec's
+names that a built model lacks are simply never looked up.
 Unlike the host's Nemotron-H bridge: a missing or unused tensor is an error; the embedding is written
 as ``backbone.embeddings`` (``conversion.hf_io`` also reads transformers' ``backbone.embedding``); the
 MTP attention norm is mapped in the TE-free layout too; the router correction bias stays FP32 both ways;
@@ -28,6 +29,7 @@ from megatron.bridge.models.conversion.param_mapping import (
 )
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.bridge.expert_mapping import GroupedExpertMapping
 
 # Megatron name (after the block prefix) -> HF name (after the block prefix), for every block kind.
 BLOCK_NAMES: dict[str, str] = {
@@ -53,6 +55,12 @@ BLOCK_NAMES: dict[str, str] = {
     "mlp.experts.linear_fc2.weight*": "mixer.experts.*.down_proj.weight",
     "mlp.experts.local_experts.*.linear_fc1.weight": "mixer.experts.*.up_proj.weight",
     "mlp.experts.local_experts.*.linear_fc2.weight": "mixer.experts.*.down_proj.weight",
+}
+# routed experts of the TE-free grouped module (GroupedMLP): one [local experts, out, in] tensor per
+# projection <-> one HF tensor per expert; value: (HF name, the dimension expert-TP splits)
+GROUPED_EXPERT_NAMES: dict[str, tuple[str, int]] = {
+    "mlp.experts.linear_fc1_weight": ("mixer.experts.{expert}.up_proj.weight", 1),
+    "mlp.experts.linear_fc2_weight": ("mixer.experts.{expert}.down_proj.weight", 2),
 }
 # LatentMoE: hidden 4096 -> latent 1024 before the routed experts, back after them. Full weights on every
 # TP rank (TELinear / LocalDuplicatedLinear, parallel_mode "duplicated"): ReplicatedMapping.
@@ -118,9 +126,12 @@ class MTPDepth:
         return names
 
 
-def block_mappings(meg: str, hf: str) -> list[MegatronParamMapping]:
-    """Mappings for one layer-stack block of any kind: ``meg``/``hf`` are the two block prefixes."""
+def block_mappings(meg: str, hf: str, num_experts: int = 0) -> list[MegatronParamMapping]:
+    """Mappings for one layer-stack block of any kind: ``meg``/``hf`` are the two block prefixes;
+    ``num_experts``: routed experts per MoE layer (0: no grouped-expert mappings)."""
     out: list[MegatronParamMapping] = [AutoMapping(f"{meg}.{m}", f"{hf}.{h}") for m, h in BLOCK_NAMES.items()]
+    out += [GroupedExpertMapping(f"{meg}.{m}", f"{hf}.{h}", num_experts=num_experts, tp_axis=axis)
+            for m, (h, axis) in GROUPED_EXPERT_NAMES.items() if num_experts]
     out += [ReplicatedMapping(f"{meg}.{m}", f"{hf}.{h}") for m, h in LATENT_NAMES.items()]
     out.append(RouterBiasMapping(f"{meg}.mlp.router.expert_bias", f"{hf}.{FP32_HF_SUFFIX}"))
     out.append(QKVMapping(f"{meg}.self_attention.linear_qkv.weight", q=f"{hf}.mixer.q_proj.weight",
@@ -136,10 +147,11 @@ def block_mappings(meg: str, hf: str) -> list[MegatronParamMapping]:
 def super_mappings(arch: SuperArchitecture) -> list[MegatronParamMapping]:
     """Every mapping for ``arch``: model-level names, the backbone stack, then each MTP depth."""
     out: list[MegatronParamMapping] = [AutoMapping(m, h) for m, h in MODEL_NAMES.items()]
-    out += block_mappings("decoder.layers.*", "backbone.layers.*")
+    experts = arch.n_routed_experts or 0
+    out += block_mappings("decoder.layers.*", "backbone.layers.*", experts)
     for d in range(arch.num_nextn_predict_layers):
         depth = MTPDepth(d, arch.mtp_hybrid_override_pattern)
         out += [AutoMapping(m, h) for m, h in depth.outer_names().items()]
         for i in range(len(arch.mtp_hybrid_override_pattern)):
-            out += block_mappings(*depth.block(i))
+            out += block_mappings(*depth.block(i), experts)
     return out

@@ -89,3 +89,23 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
 
 
 PRESETS = {"tiny_super": tiny_super, "tiny_nano": tiny_nano}
+
+
+def write_synthetic_checkpoint(arch: SuperArchitecture, folder: str | Path, *, shard_bytes: int,
+                               seed: int = 0) -> int:
+    """Released-style folder straight from ``arch.hf_tensors()`` (random values, no transformers model in
+    memory: any size fits), ``shard_bytes`` per shard; returns the weight bytes. For benchmarks and the
+    memory test; :func:`write_tiny_checkpoint` is the transformers-checked fixture."""
+    from nemotron3_super.conversion.hf_io import ShardedWriter
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    writer = ShardedWriter(folder, shard_bytes=shard_bytes)
+    gen = torch.Generator().manual_seed(seed)
+    for name, shape in arch.hf_tensors():
+        t = torch.randn(shape, generator=gen) * 0.02
+        writer.add(name, t if name.endswith(FP32_SUFFIX) else t.to(torch.bfloat16))
+        del t
+    writer.close()
+    (folder / "config.json").write_text(json.dumps(arch.to_hf_config_dict({"torch_dtype": "bfloat16"})))
+    return writer.total_bytes
