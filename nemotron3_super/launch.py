@@ -236,6 +236,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="per-GPU memory for the fit check")
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
     add_training_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="show every host warning and INFO line "
+                   "(default: the host's known TE/Apex fallback warnings are one summary line)")
     if mode == "pretrain":
         p.add_argument("--nvfp4", action="store_true", help="the published NVFP4 recipe (Blackwell)")
         p.add_argument("--data-blend", "--per-split-data-args-path", dest="data_blend", metavar="JSON",
@@ -249,6 +251,9 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 def main(mode: str, argv: list[str] | None = None) -> int:
     """CLI entry for ``mode`` "pretrain" or "finetune"; returns the exit status."""
     args = _parser(mode).parse_intermixed_args(argv)  # options may come between the overrides
+    from nemotron3_super.host_compat.warning_filters import command_output
+
+    logging_disabled = command_output(verbose=args.verbose, quiet_info=args.dry_run)  # a launch keeps INFO
     if mode == "pretrain":
         name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
         kwargs = {"per_split_data_args_path": args.data_blend}
@@ -258,22 +263,27 @@ def main(mode: str, argv: list[str] | None = None) -> int:
     try:
         overrides = training_overrides(args) + list(args.overrides)
     except (OSError, ValueError) as exc:
+        logging.disable(logging_disabled)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_recipe(name, overrides, dry_run=args.dry_run, gpus=args.gpus,
-                      gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    try:
+        return run_recipe(name, overrides, dry_run=args.dry_run, gpus=args.gpus, verbose=args.verbose,
+                          gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    finally:
+        logging.disable(logging_disabled)  # as the caller had it (tests call main in their process)
 
 
 def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_run: bool = False,
-               gpus: int | None = None, gpu_memory_gib: float = 80.0, **recipe_kwargs: Any) -> int:
+               gpus: int | None = None, gpu_memory_gib: float = 80.0, verbose: bool = False,
+               **recipe_kwargs: Any) -> int:
     """Build recipe ``name`` (see RECIPES), apply dotted overrides, validate, then print the plan
     (``dry_run``) or train on this rank. The one function every front end calls (CLI, NeMo-Run)."""
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=1)
         raise KeyError(f"no recipe named {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                        + f" (recipes: {', '.join(RECIPES)})")
-    if dry_run:  # the host logs INFO lines (and tracebacks of optional imports) on import
-        logging.disable(logging.WARNING)
+    if dry_run and not verbose:  # the host logs INFO lines (and optional-import tracebacks); warnings show
+        logging.disable(logging.INFO)
     try:
         cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
     except (ValueError, ConfigKeyError, FileNotFoundError) as exc:  # LayoutError is a ValueError

@@ -68,7 +68,9 @@ class SuperBridge(MegatronModelBridge):
     def mapping_registry(self) -> MegatronMappingRegistry:
         """The name table; only the MTP block's pattern comes from the attached HF config (none attached,
         or a partial one: as far as it says). Strictness is in :meth:`build_conversion_tasks`."""
-        return MegatronMappingRegistry(*super_mappings(mtp_pattern=mtp_block_pattern(self.hf_config)))
+        return MegatronMappingRegistry(*super_mappings(
+            mtp_pattern=mtp_block_pattern(self.hf_config),
+            num_experts=getattr(self.hf_config, "n_routed_experts", None) or 0))
 
     def maybe_modify_converted_hf_weight(self, task: Any, converted_weights_dict: dict, hf_state_dict: Any) -> dict:
         """Host export path: Megatron keeps A_log / D in FP32; on disk they are in the model dtype.

@@ -2,8 +2,9 @@
 Super is the superset).
 
 The table below reads like the checkpoint: HF on-disk names (``backbone.*``, ``mtp.*``) against the
-Megatron parameters of both layer specs (TE: fused norms, grouped experts; TE-free "local": separate
-norms, per-expert ``local_experts``). A spec's names that a built model lacks are simply never looked up.
+Megatron parameters of both layer specs (TE: fused norms, grouped experts ``weight{e}``; TE-free "local":
+separate norms, stacked grouped experts ``linear_fc1_weight`` or per-expert ``local_experts``). A spec's
+names that a built model lacks are simply never looked up.
 Unlike the host's Nemotron-H bridge: a missing or unused tensor is an error; the embedding is written
 as ``backbone.embeddings`` (``conversion.hf_io`` also reads transformers' ``backbone.embedding``); the
 MTP attention norm is mapped in the TE-free layout too; the router correction bias stays FP32 both ways;
@@ -13,6 +14,7 @@ our mapping kinds).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from megatron.bridge.models.conversion.param_mapping import (
 )
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.bridge.expert_mapping import GroupedExpertMapping
 
 # Megatron name (after the block prefix) -> HF name (after the block prefix), for every block kind.
 BLOCK_NAMES: dict[str, str] = {
@@ -54,6 +57,12 @@ BLOCK_NAMES: dict[str, str] = {
     "mlp.experts.linear_fc2.weight*": "mixer.experts.*.down_proj.weight",
     "mlp.experts.local_experts.*.linear_fc1.weight": "mixer.experts.*.up_proj.weight",
     "mlp.experts.local_experts.*.linear_fc2.weight": "mixer.experts.*.down_proj.weight",
+}
+# routed experts of the TE-free grouped module (GroupedMLP): one [local experts, out, in] tensor per
+# projection <-> one HF tensor per expert; value: (HF name, the dimension expert-TP splits)
+GROUPED_EXPERT_NAMES: dict[str, tuple[str, int]] = {
+    "mlp.experts.linear_fc1_weight": ("mixer.experts.{expert}.up_proj.weight", 1),
+    "mlp.experts.linear_fc2_weight": ("mixer.experts.{expert}.down_proj.weight", 2),
 }
 # LatentMoE: hidden 4096 -> latent 1024 before the routed experts, back after them. Full weights on every
 # TP rank (TELinear / LocalDuplicatedLinear, parallel_mode "duplicated"): ReplicatedMapping.
@@ -114,7 +123,7 @@ class MTPMapping(_MTPFlatteningMapping):
         return named if self.kind is AutoMapping else self.kind(named.megatron_param, named.hf_param)
 
 
-def mtp_mappings(block_pattern: str) -> list[MegatronParamMapping]:
+def mtp_mappings(block_pattern: str, num_experts: int = 0) -> list[MegatronParamMapping]:
     """Every MTP mapping for an MTP block of ``block_pattern`` (any number of depths); [] without MTP."""
     size = len(block_pattern)
     if not size:
@@ -125,7 +134,7 @@ def mtp_mappings(block_pattern: str) -> list[MegatronParamMapping]:
         for n in ("eh_proj.weight", "enorm.weight", "hnorm.weight")]
     out.append(MTPMapping("mtp.layers.*.final_layernorm.weight", "mtp.layers.*.final_layernorm.weight",
                           mtp_layers_per_block=size, inner_override=size - 1))
-    for kind, m, h in block_table():
+    for kind, m, h in block_table(num_experts):
         if isinstance(h, dict):  # QKV: the host's flattening class resolves to a QKVMapping
             out.append(_MTPFlatteningQKVMapping(f"{meg}.{m}", **{r: f"{hf}.{n}" for r, n in h.items()},
                                                 mtp_layers_per_block=size))
@@ -134,9 +143,12 @@ def mtp_mappings(block_pattern: str) -> list[MegatronParamMapping]:
     return out
 
 
-def block_table() -> list[tuple[type[MegatronParamMapping], str, str | dict[str, str]]]:
-    """(mapping kind, Megatron name, HF name or {role: HF name}) after the block prefix, every block kind."""
+def block_table(num_experts: int = 0) -> list[tuple[Any, str, str | dict[str, str]]]:
+    """(mapping kind, Megatron name, HF name or {role: HF name}) after the block prefix, every block kind;
+    ``num_experts`` > 0 adds the grouped-expert tensors (one Megatron tensor, every expert's HF tensors)."""
     out: list = [(AutoMapping, m, h) for m, h in BLOCK_NAMES.items()]
+    out += [(functools.partial(GroupedExpertMapping, num_experts=num_experts, tp_axis=axis), m, h)
+            for m, (h, axis) in GROUPED_EXPERT_NAMES.items() if num_experts]
     out += [(ReplicatedMapping, m, h) for m, h in LATENT_NAMES.items()]
     out.append((RouterBiasMapping, "mlp.router.expert_bias", FP32_HF_SUFFIX))
     out.append((QKVMapping, "self_attention.linear_qkv.weight",
@@ -149,17 +161,20 @@ def block_table() -> list[tuple[type[MegatronParamMapping], str, str | dict[str,
     return out
 
 
-def block_mappings(meg: str, hf: str) -> list[MegatronParamMapping]:
-    """Mappings for one layer-stack block of any kind: ``meg``/``hf`` are the two block prefixes."""
+def block_mappings(meg: str, hf: str, num_experts: int = 0) -> list[MegatronParamMapping]:
+    """Mappings for one layer-stack block of any kind: ``meg``/``hf`` are the two block prefixes;
+    ``num_experts``: routed experts per MoE layer (0: no grouped-expert mappings)."""
     return [kind(f"{meg}.{m}", **{r: f"{hf}.{n}" for r, n in h.items()}) if isinstance(h, dict)
-            else kind(f"{meg}.{m}", f"{hf}.{h}") for kind, m, h in block_table()]
+            else kind(f"{meg}.{m}", f"{hf}.{h}") for kind, m, h in block_table(num_experts)]
 
 
-def super_mappings(arch: SuperArchitecture | None = None, *, mtp_pattern: str | None = None) -> list[MegatronParamMapping]:
+def super_mappings(arch: SuperArchitecture | None = None, *, mtp_pattern: str | None = None,
+                   num_experts: int | None = None) -> list[MegatronParamMapping]:
     """Every mapping: model-level names, the backbone stack, then the MTP block (of ``arch``, or of
-    ``mtp_pattern`` when there is no whole architecture; neither: no MTP)."""
+    ``mtp_pattern`` / ``num_experts`` when there is no whole architecture; neither: no MTP, no grouped experts)."""
     if mtp_pattern is None:
         mtp_pattern = arch.mtp_hybrid_override_pattern if arch is not None else ""
     out: list[MegatronParamMapping] = [AutoMapping(m, h) for m, h in MODEL_NAMES.items()]
-    out += block_mappings("decoder.layers.*", "backbone.layers.*")
-    return out + mtp_mappings(mtp_pattern)
+    experts = (arch.n_routed_experts or 0) if arch is not None and num_experts is None else (num_experts or 0)
+    out += block_mappings("decoder.layers.*", "backbone.layers.*", experts)
+    return out + mtp_mappings(mtp_pattern, experts)

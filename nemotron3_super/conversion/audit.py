@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nemotron3_super.conversion.hf_io import HFCheckpoint
+from nemotron3_super.conversion.quantized import DequantizedCheckpoint, open_checkpoint
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -42,19 +42,23 @@ class AuditReport:
     missing: list[str] = field(default_factory=list)  # in reference, not in candidate
     extra: list[str] = field(default_factory=list)  # in candidate only
     different: list[str] = field(default_factory=list)  # name: why
+    dequantized: str = ""  # the reference is quantized: what its direct dequantization was
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.extra or self.different)
 
     def render(self) -> str:
-        lines = [f"audit: {self.candidate}", f"  against {self.reference}",
+        lines = [f"audit: {self.candidate}", f"  against {self.reference}"
+                 + (" (dequantized directly from its quantized weights)" if self.dequantized else ""),
                  f"  tensors compared bit-exactly: {self.tensors:,} ({self.elements:,} elements, "
                  f"{self.bytes / 2**20:,.1f} MiB)",
                  "  dtypes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.dtypes.items())),
                  f"  MTP tensors: {self.mtp_tensors:,} ({self.mtp_elements:,} elements)",
                  f"  FP32 tensors: {len(self.fp32_tensors):,}"
                  + (f" (e.g. {self.fp32_tensors[0]})" if self.fp32_tensors else "")]
+        if self.dequantized:
+            lines.append(f"  reference {self.dequantized}")
         for title, items in (("missing", self.missing), ("extra", self.extra), ("different", self.different)):
             if items:
                 lines.append(f"  {title}: {len(items)}: " + "; ".join(items[:10]))
@@ -64,8 +68,10 @@ class AuditReport:
 
 def audit(reference: str | Path, candidate: str | Path) -> AuditReport:
     """Compare every tensor of ``candidate`` with ``reference`` (peak memory: two tensors)."""
-    ref, cand = HFCheckpoint(reference), HFCheckpoint(candidate)
+    ref, cand = open_checkpoint(reference), open_checkpoint(candidate)
     report = AuditReport(str(reference), str(candidate))
+    if isinstance(ref, DequantizedCheckpoint):
+        report.dequantized = ref.summary.render()
     report.missing = sorted(set(ref.tensors) - set(cand.tensors))
     report.extra = sorted(set(cand.tensors) - set(ref.tensors))
     for name in sorted(set(ref.tensors) & set(cand.tensors), key=lambda n: (ref.tensors[n].file.name, n)):

@@ -89,7 +89,7 @@ def test_truncated_file_is_named(tmp_path: Path) -> None:
 def test_quantization_config_is_refused(tmp_path: Path) -> None:
     folder = write_synthetic(tmp_path / "nvfp4", config_extra={"quantization_config": {"quant_algo": "NVFP4"}})
     with pytest.raises(CheckpointError, match=r"quantization_config \(NVFP4\) present: quantized checkpoints "
-                                              r"are refused.*per-block scales"):
+                                              r"are not read here \(`convert import` and `roundtrip` dequantize"):
         HFCheckpoint(folder)
 
 
