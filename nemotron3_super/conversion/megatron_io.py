@@ -10,13 +10,13 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
-is the same strategy with those two steps done on CPU (a subclass, nothing in megatron-core is patched).
+is the same strategy with those two steps done on CPU (a subclass with ``host_compat.cuda_on_cpu.cpu_save_callbacks``; the
+host's own saves get the same from the ``cpu_torch_dist_save`` host fix, only where there is no CUDA).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 from pathlib import Path
@@ -25,10 +25,10 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from nemotron3_super.architecture import SuperArchitecture
+from nemotron3_super.host_compat.cuda_on_cpu import cpu_as_current_device, cpu_save_callbacks
 
 ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"
@@ -105,12 +105,8 @@ def cpu_current_device() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    original = torch.cuda.current_device
-    torch.cuda.current_device = torch.get_default_device
-    try:
+    with cpu_as_current_device():
         yield
-    finally:
-        torch.cuda.current_device = original
 
 
 def _provider_fields(arch: SuperArchitecture, dtype: torch.dtype, tp: int = 1, ep: int = 1,
@@ -155,33 +151,10 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
     return model.eval()
 
 
-def _finalize_on_cpu(storage_writer: Any, global_metadata: Any, dist_wrapper: Any) -> None:
-    """megatron-core's ``save_state_dict_async_finalize`` with the failure flag broadcast on CPU."""
-    from torch.distributed.checkpoint import CheckpointException
-    from torch.distributed.checkpoint.utils import _get_failure_dict
-
-    all_results = dist_wrapper.gather_object(storage_writer.retrieve_write_results())
-    failures = {}
-    if dist_wrapper.is_coordinator:
-        failures = _get_failure_dict(all_results)
-        if not failures:
-            storage_writer.finish(global_metadata, all_results)
-    flag = torch.tensor([int(bool(failures))], dtype=torch.int)
-    dist.broadcast(flag, src=dist_wrapper.coordinator_rank, group=dist_wrapper.group)
-    if flag.item():
-        raise CheckpointException("write", failures)
-
-
 class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
-    """torch_dist save that runs without a GPU: tensors are staged with a blocking copy (no
-    ``torch.cuda.synchronize``) and the write-failure flag travels as a CPU tensor. Same files, same format."""
+    """torch_dist save that runs without a GPU (``host_compat.cuda_on_cpu.cpu_save_callbacks``). Same files, same format."""
 
-    def _get_save_and_finalize_callbacks(self, writer: Any, save_state_dict_ret: Any,
-                                         async_strategy: str) -> AsyncRequest:
-        save_fn, _, save_args = writer.get_save_function_and_args()
-        preload_fn = functools.partial(writer.preload_tensors, writer.write_buckets, False) if save_fn else None
-        return AsyncRequest(save_fn, save_args, [lambda: _finalize_on_cpu(*save_state_dict_ret)],
-                            preload_fn=preload_fn)
+    _get_save_and_finalize_callbacks = cpu_save_callbacks
 
 
 @contextlib.contextmanager
@@ -217,17 +190,19 @@ def in_process_write_results() -> Iterator[None]:
         filesystem_async._results_queue = previous
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None,
+                    strategy: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
     With ``provider`` (the model's config as a training run would use it), the checkpoint also carries what
     Megatron-Bridge's loaders read (``run_config.yaml``), so ``checkpoint.pretrained_checkpoint`` and the
-    host's ``load_megatron_model`` accept it."""
+    host's ``load_megatron_model`` accept it. ``strategy``: the torch_dist save strategy (default: the
+    in-memory model's; conversion passes a streaming one, see ``conversion/streaming.py``)."""
     ckpt_dir = path / ITERATION_DIR
     if dist.get_rank() == 0:
         ckpt_dir.mkdir()
     dist.barrier()
-    strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
+    strategy = strategy or CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
     with in_process_write_results(), one_line_checkpoint_errors(ckpt_dir):
@@ -273,6 +248,14 @@ def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp
     from nemotron3_super.provider import SuperModelProvider
 
     return SuperModelProvider.from_architecture(arch, spec_impl=spec_impl, **_provider_fields(arch, dtype, tp, ep, pp))
+
+
+def checkpoint_root(path: Path) -> Path:
+    """The checkpoint folder for ``path`` given as the folder or as its ``iter_0000000/`` (the host's tools
+    and the upstream page use the latter)."""
+    if path.name == ITERATION_DIR and not (path / ITERATION_DIR).is_dir() and (path.parent / ITERATION_DIR).is_dir():
+        return path.parent
+    return path
 
 
 def read_meta(path: Path) -> dict[str, Any]:
