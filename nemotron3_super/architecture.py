@@ -38,13 +38,18 @@ _COMMON_KEYS = {"hidden_size": int, "vocab_size": int, "layer_norm_epsilon": flo
                 "max_position_embeddings": int, "tie_word_embeddings": bool,
                 "residual_in_fp32": bool}
 # Other spellings of the same key (transformers' NemotronHConfig kwargs; vLLM's mamba_proj_bias).
-_ALIASES = {"n_groups": ("mamba_n_groups",), "conv_kernel": ("mamba_d_conv",),
+# attention_head_dim: the remote-code-era Nemotron-H configs (Nemotron-H 8B/47B/56B, Nano v2).
+_ALIASES = {"head_dim": ("attention_head_dim",), "n_groups": ("mamba_n_groups",), "conv_kernel": ("mamba_d_conv",),
             "chunk_size": ("mamba_chunk_size",), "use_conv_bias": ("mamba_conv_bias",),
             "use_bias": ("mamba_proj_bias",)}
 _PATTERN_KEYS = {"hybrid_override_pattern", "mtp_hybrid_override_pattern",
                  "num_nextn_predict_layers"}
 _MISSING = object()
 Shape = tuple[int, ...]
+
+
+class IncompleteConfigError(ValueError):
+    """The config leaves out (or sets to None) a key the model needs: it does not describe a whole model."""
 
 
 def _err(msg: str) -> ValueError:
@@ -178,8 +183,9 @@ class SuperArchitecture:
         for sym, keys in _FAMILY_KEYS.items():
             for key, kind in keys.items():
                 value = getattr(self, key)
-                _require(value is not None or sym not in used, f"{key} is required because the "
-                         f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
+                if value is None and sym in used:
+                    raise IncompleteConfigError(f"Nemotron-H architecture: {key} is required because the "
+                                                f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
                 if value is not None:
                     _check_type(key, value, kind)
         if "*" in used:
@@ -307,9 +313,9 @@ class SuperArchitecture:
         for field in dataclasses.fields(cls):
             if field.name not in _PATTERN_KEYS:
                 value = get(field.name)
-                _require(value is not _MISSING or field.name not in required,
-                         f"config is missing required key {field.name!r} "
-                         f"(pattern {pattern!r}, MTP pattern {mtp!r})")
+                if value is _MISSING and field.name in required:
+                    raise IncompleteConfigError(f"Nemotron-H architecture: config is missing required key "
+                                                f"{field.name!r} (pattern {pattern!r}, MTP pattern {mtp!r})")
                 if value is not _MISSING:
                     values[field.name] = value
         return cls(hybrid_override_pattern=pattern, mtp_hybrid_override_pattern=mtp,
@@ -471,6 +477,17 @@ class SuperArchitecture:
         return sum(1 for _ in self.hf_tensors())
 
 
+def mtp_block_pattern(cfg: Mapping[str, Any] | object | None) -> str:
+    """The MTP block's layer pattern ("" without MTP) from a config or a partial one (None: no config),
+    in either spelling; raises IncompleteConfigError when MTP is on but its pattern is missing."""
+    def get(key: str, default: Any = None) -> Any:
+        value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+        return default if value is None else value
+
+    return _read_pattern(get, "mtp_hybrid_override_pattern", "mtp_layers_block_type", True) \
+        if cfg is not None and get("num_nextn_predict_layers", 0) else ""
+
+
 def _read_pattern(get: Any, str_key: str, list_key: str, required: bool) -> str:
     """Read a pattern given as a string, a transformers-5 list, or both (which must agree)."""
     text, blocks = get(str_key, None), get(list_key, None)
@@ -481,8 +498,9 @@ def _read_pattern(get: Any, str_key: str, list_key: str, required: bool) -> str:
         _require(text is None or from_list == text,
                  f"{str_key}={text!r} disagrees with {list_key} (= {from_list!r})")
         text = from_list
-    _require(text is not None or not required,
-             f"config is missing required key {str_key!r} (or {list_key!r})")
+    if text is None and required:
+        raise IncompleteConfigError(f"Nemotron-H architecture: config is missing required key {str_key!r} "
+                                    f"(or {list_key!r})")
     return text or ""
 
 

@@ -117,6 +117,9 @@ def read_scheme(folder: Path, config: dict[str, Any]) -> QuantScheme | None:
     """The quantization the folder declares (None: none). ``hf_quant_config.json`` wins where both files
     describe it; their ``quant_algo`` must agree."""
     qc, path = config.get("quantization_config") or {}, folder / QUANT_CONFIG_FILE
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"{folder / 'config.json'}: quantization_config={qc!r} is a {type(qc).__name__}, "
+                              "expected an object such as {\"quant_method\": \"modelopt\", \"quant_algo\": ...}")
     if qc and qc.get("quant_method") != "modelopt":
         raise CheckpointError(f"{folder / 'config.json'}: quantization_config.quant_method="
                               f"{qc.get('quant_method')!r}: only NVIDIA ModelOpt checkpoints (quant_method "
