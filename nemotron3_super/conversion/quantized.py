@@ -238,6 +238,9 @@ def plan_layout(tensors: dict[str, TensorInfo], scheme: QuantScheme) -> tuple[di
         if key not in present and not (_is_pattern(key) and any(fnmatchcase(m, key) for m in modules)):
             problems.append(f"{key}: listed as {fmt} in quantized_layers of {scheme.source}, but the checkpoint "
                             "has no tensor for it")
+    if not quantized and not problems:  # a BF16 checkpoint that still carries a quantization_config
+        problems.append(f"{scheme.source} declares quant_algo={scheme.algo} but no tensor is quantized (no "
+                        "weight_scale anywhere): expected ModelOpt's quantized layout, or no quantization_config")
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise CheckpointError(f"{len(problems)} quantized-layout problem(s): " + "; ".join(problems[:20]) + more)

@@ -49,7 +49,8 @@ from torch.distributed.checkpoint.filesystem import _write_item
 from torch.distributed.checkpoint.planner import WriteItemType
 
 from nemotron3_super.conversion.hf_io import CheckpointError
-from nemotron3_super.conversion.megatron_io import CpuTorchDistSaveStrategy, _finalize_on_cpu
+from nemotron3_super.conversion.megatron_io import CpuTorchDistSaveStrategy
+from nemotron3_super.host_compat.cuda_on_cpu import _finalize_on_cpu
 
 Write = Callable[[str, torch.Tensor], None]  # (Megatron tensor name, its values) -> written
 

@@ -263,7 +263,7 @@ def _broken(src: Path, dst: Path, how: str) -> Path:
     ("truncated", r"model.safetensors: truncated safetensors file"),
     ("fp8", r"in_proj.weight' is F8_E4M3\[328, 128\]: a quantized \(NVFP4/FP8\) checkpoint"),
     ("architecture", r"config.json: architectures=\['NemotronForCausalLM'\], expected \['NemotronHForCausalLM'\]"),
-    ("nvfp4", r"quantization_config \(NVFP4\) present: quantized checkpoints are refused"),
+    ("nvfp4", r"declares quant_algo=NVFP4 but no tensor is quantized \(no weight_scale anywhere\)"),
 ])
 def test_bad_input_is_named_and_leaves_no_output(converted, tmp_path: Path, how: str, needle: str) -> None:
     from nemotron3_super.conversion.commands import import_checkpoint
