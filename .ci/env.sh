@@ -19,6 +19,9 @@ HOST="megatron-bridge==0.6.2"             # installed --no-deps: its declared se
 HOST_EXTRAS=(megatron-energon==7.4.1 tensorboard==2.21.0 diffusers==0.42.1 nvidia-modelopt==0.47.0)
 # megatron-core's Mamba mixer refuses to build without mamba-ssm. Both ship as sources only; built
 # without CUDA they install as pure Python in seconds (Triton SSD kernels; no fused CUDA path).
+# --no-deps: mamba-ssm declares ~507 MB (tilelang, nvidia-cutlass-dsl, z3-solver, quack-kernels,
+# apache-tvm-ffi) that only its Mamba-3 kernels import, behind try/except; the Mamba-2 path megatron-core
+# uses needs torch, triton, einops and packaging, all installed by the steps before (README "Compatibility").
 SSM=(mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0)
 
 die() { echo "env.sh: ERROR: $*" >&2; exit 1; }
@@ -86,11 +89,14 @@ setup() {
   step "install host imports: ${HOST_EXTRAS[*]}" "${pip[@]}" install -q "${HOST_EXTRAS[@]}"
   step "install ${SSM[*]} (pure Python, no CUDA build)" env MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
     CAUSAL_CONV1D_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
-    "${pip[@]}" install -q --no-build-isolation "${SSM[@]}"
+    "${pip[@]}" install -q --no-deps --no-build-isolation "${SSM[@]}"
   step "check host imports (conversion, recipes)" env MEGATRON_CONFIG_LOCK_DIR="$VENV/locks" \
     "$VENV/bin/python" -c 'import nemotron3_super  # applies the host fixes
 import megatron.bridge, megatron.bridge.models, megatron.bridge.models.conversion.model_bridge
 import megatron.bridge.recipes, megatron.bridge.utils.instantiate_utils'
+  step "check megatron-core's Mamba mixer finds mamba-ssm" "$VENV/bin/python" -c 'import nemotron3_super.conversion
+import megatron.core.ssm.mamba_mixer as m
+assert m.HAVE_MAMBA_SSM, "mamba-ssm does not import: megatron-core cannot build Mamba layers"'
   echo "$want" >"$STAMP"
   echo "==> setup done in $((SECONDS - t0))s (log: $LOG)"
 }

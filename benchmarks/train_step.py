@@ -3,7 +3,7 @@
     source .whl/prelude.sh; python3 benchmarks/train_step.py --json $OUT/train_step.json --profile
     PYTHONPATH=/tmp/ccsite:$PYTHONPATH python3 benchmarks/train_step.py --mamba-path all --profile
     /tmp/v312/bin/python benchmarks/train_step.py --build-only --hidden 256 --vocab 1024 --experts 8 --topk 2
-    python benchmarks/train_step.py --cpu-smoke --hidden 256 --pattern '*E-' --experts 4 --vocab 256 --seq 32 --steps 3
+    python benchmarks/train_step.py --cpu-smoke          # no GPU: the whole script on tiny shapes (SMOKE_SHAPE)
 
 One process builds a scaled-down Super-shaped model (default: hidden 2048, pattern ``MEM*EMEME`` = Super's
 ``MEM*E``/``ME`` rhythm with all three kinds, 32 routed experts top-4, LatentMoE at hidden/4 as Super's
@@ -51,8 +51,9 @@ sys.path.insert(0, str(ROOT))
 from host_probe import HostPlan, describe_host, print_host_plan, probe_host  # noqa: E402 - after sys.path
 from step_timing import TOP_KERNELS  # noqa: E402
 from train_step_models import Run, bench_arch, error_record, free_cuda, shape_summary  # noqa: E402
-from train_step_report import add_ratios, jsonable, markdown_table, path_agreement, print_flops, versions  # noqa: E402
-from train_step_rows import (MAMBA_PATHS, PATH_SETS, RowPlan, build_row, mem_eff_unavailable, run_paired,  # noqa: E402
+from train_step_report import (add_ratios, jsonable, markdown_table, path_agreement, print_flops,  # noqa: E402
+                               row_label, versions)
+from train_step_rows import (EXPERT_IMPLS, MAMBA_PATHS, PATH_SETS, RowPlan, build_row, mem_eff_unavailable, run_paired,  # noqa: E402
                              run_row)
 
 from nemotron3_super import flops  # noqa: E402
@@ -60,6 +61,10 @@ from nemotron3_super.architecture import SuperArchitecture  # noqa: E402
 from nemotron3_super.flops import model_flops_per_token  # noqa: E402
 
 EXIT_CANNOT_RUN = 2  # no CUDA device (or the asked-for Mamba path cannot run here)
+EXIT_ALL_FAILED = 1  # every benchmarked row failed: the table has nothing to read
+# --cpu-smoke's defaults: seconds on two CPU cores, no Mamba layer (its scan is Triton-only), every other kind
+SMOKE_SHAPE = {"hidden": 256, "pattern": "*E-", "experts": 4, "topk": 2, "vocab": 256, "seq": 32, "steps": 3,
+               "warmup": 1}
 DEFAULT_PATTERN = "MEM*EMEME"  # 4 Mamba-2, 4 latent MoE, 1 attention; every M and * followed by E, as in Super
 
 
@@ -69,7 +74,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
     results = []
     for row in rows_plan:
         depths = run.mtp_depths if row.arch.mtp_hybrid_override_pattern else 0
-        entry = {"impl": row.impl, "shape": row.shape,
+        entry = {"impl": row.impl, "experts": row.experts, "shape": row.shape,
                  "flops_per_token": model_flops_per_token(row.arch, args.seq, depths)}
         try:
             _, model = build_row(row, run, host, mem_eff=False, init=False)
@@ -79,7 +84,7 @@ def build_only(rows_plan: list[RowPlan], run: Run, host: HostPlan | None, full: 
             entry.update(error_record(exc))
         free_cuda()
         results.append(entry)
-        print(f"built {row.impl:4s} @ {row.shape:14s}: " +
+        print(f"built {row_label(entry):17s} @ {row.shape:14s}: " +
               (f"{entry['params']:,} params, {entry['flops_per_token'] / 1e9:.3f} GFLOP/token (train)"
                if "params" in entry else f"FAILED {entry['error']}"))
     if host:
@@ -92,10 +97,12 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
               full: SuperArchitecture, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every (row, Mamba path); print the table and, with --profile, the top kernels."""
     rows = []
-    pair = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours at the same shape
+    same_shape = [r for r in rows_plan if r.shape == "host-buildable"]  # host and ours (first expert module)
+    pair = [r for r in same_shape if r.impl == "host"][:1] + [r for r in same_shape if r.impl == "ours"][:1]
     for path in paths:
         for row in rows_plan:
-            print(f"\n[{row.impl} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
+            label = row_label({"impl": row.impl, "experts": row.experts})
+            print(f"\n[{label} @ {row.shape}, mamba {path}] building and timing ...", flush=True)
             result = run_row(row, path, run, host, args)
             rows.append(result)
             if "error" in result:
@@ -107,7 +114,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
             print(f"\n[host vs ours @ host-buildable, mamba {path}] interleaved rounds ...", flush=True)
             paired = run_paired(pair[0], pair[1], path, run, host, args)
             next(r for r in rows[-len(rows_plan):] if r["impl"] == "ours" and r["shape"] == "host-buildable"
-                 )["paired"] = paired
+                 and r["experts"] == pair[1].experts)["paired"] = paired
             print(f"  FAILED: {paired['error']}" if "error" in paired else
                   f"  per-round ratio host/ours median {paired['ratio_median']:.3f} "
                   f"(IQR {paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}; ours faster in "
@@ -120,7 +127,7 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
         if "profile" not in r:
             continue
         prof = r["profile"]
-        print(f"\nTop {TOP_KERNELS} CUDA kernels, ours @ full, mamba {r['mamba_path']} "
+        print(f"\nTop {TOP_KERNELS} CUDA kernels, {row_label(r)} @ full, mamba {r['mamba_path']} "
               f"(profiled step {prof['step_ms']:.1f} ms, kernels {prof['kernel_ms_total']:.1f} ms):")
         if not prof["top"]:
             print("(the profiler recorded no CUDA kernel events)")
@@ -134,6 +141,9 @@ def benchmark(rows_plan: list[RowPlan], paths: list[str], run: Run, host: HostPl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", choices=("ours", "host", "both"), default="both")
+    p.add_argument("--expert-impl", choices=tuple(EXPERT_IMPLS), default="grouped",
+                   help="routed experts of our rows: grouped (GroupedMLP, two grouped GEMMs; the local spec's "
+                        "default), sequential (megatron-core's SequentialMLP, a GEMM pair per expert), or both")
     p.add_argument("--mamba-path", choices=(*MAMBA_PATHS, *PATH_SETS), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in MAMBA_PATHS.items())
                    + "; both: fallback + mem_eff; all: the three. Default: all when causal-conv1d imports, "
@@ -163,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-smoke", action="store_true",
                    help="no GPU: run every step of the script on CPU with wall clocks (tiny shapes without "
                         "Mamba layers, whose scan is Triton-only); checks the script, measures nothing")
+    if p.parse_known_args(argv)[0].cpu_smoke:  # tiny shapes unless given: explicit flags still win
+        p.set_defaults(**SMOKE_SHAPE)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
@@ -228,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(jsonable(report), indent=1))
         print(f"\nwrote {args.json}")
+    return exit_status(report)
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """0, or EXIT_ALL_FAILED (with the first error on stderr) when every benchmarked row failed."""
+    rows = report.get("rows")
+    if rows and all("error" in row for row in rows):
+        print(f"train_step.py: every row failed ({len(rows)}; first: {rows[0]['error']})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     return 0
 
 
@@ -248,9 +269,9 @@ def run_all(args: argparse.Namespace, full: SuperArchitecture, run: Run, paths: 
         exact = not host.differences(full)  # e.g. no final norm: same shape config, still not the full model
         rows_plan.append(RowPlan("host", "full" if exact else "host-buildable", host.arch))
         if args.impl == "both" and host.arch != full:
-            rows_plan.append(RowPlan("ours", "host-buildable", host.arch))
+            rows_plan += [RowPlan("ours", "host-buildable", host.arch, e) for e in EXPERT_IMPLS[args.expert_impl]]
     if args.impl in ("ours", "both"):
-        rows_plan.append(RowPlan("ours", "full", full))
+        rows_plan += [RowPlan("ours", "full", full, e) for e in EXPERT_IMPLS[args.expert_impl]]
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),

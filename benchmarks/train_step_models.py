@@ -89,13 +89,16 @@ class Run:
         return "cuda" if self.cuda else "cpu"
 
 
-def ours_provider(arch: SuperArchitecture, run: Run, mem_eff: bool, init: bool = True) -> Any:
-    """This library's provider, TE-free local spec (it turns the TE/apex-only fusions off itself)."""
+def ours_provider(arch: SuperArchitecture, run: Run, mem_eff: bool, init: bool = True,
+                  experts: str = "grouped") -> Any:
+    """This library's provider, TE-free local spec (it turns the TE/apex-only fusions off itself);
+    ``experts``: "grouped" (GroupedMLP, the default) or "sequential" (megatron-core's SequentialMLP)."""
     from nemotron3_super.provider import SuperModelProvider
 
     mtp = {"mtp_num_layers": run.mtp_depths} if arch.mtp_hybrid_override_pattern else {}
     provider = SuperModelProvider.from_architecture(
         arch, spec_impl="local", use_mamba_mem_eff_path=mem_eff, moe_token_dispatcher_type=run.dispatcher,
+        moe_grouped_gemm=experts == "grouped",
         sequence_parallel=False, use_cpu_initialization=not run.cuda, perform_initialization=init, **mtp)
     provider.finalize()
     return provider

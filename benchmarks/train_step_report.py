@@ -40,19 +40,30 @@ def paired_cell(paired: dict[str, Any] | None) -> str:
     return f"{paired['ratio_median']:.3f} ({paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f})"
 
 
+def row_label(row: dict[str, Any]) -> str:
+    """"ours (grouped)", "ours (sequential)" or "host": the table's impl column."""
+    return f"{row['impl']} ({row['experts']})" if row.get("experts") else row["impl"]
+
+
 def path_agreement(rows: list[dict[str, Any]]) -> list[str]:
-    """Same model, same seed, same batch on each Mamba path: the first timed step's loss (after the warm-up
-    updates) must agree to bf16 rounding, or a path computes something else."""
+    """Same model, same seed, same batch on each Mamba path, and with either expert module (both draw the
+    same initial weights): the first timed step's loss (after the warm-up updates) must agree to bf16
+    rounding, or a path / module computes something else."""
     lines = []
-    for impl, shape in dict.fromkeys((r["impl"], r["shape"]) for r in rows):
-        losses = {r["mamba_path"]: r["loss_first"] for r in rows
-                  if (r["impl"], r["shape"]) == (impl, shape) and "loss_first" in r}
-        if len(losses) < 2:
-            continue
-        ref = next(iter(losses.values()))
-        spread = max(abs(v - ref) for v in losses.values()) / abs(ref)
-        lines.append(f"loss after warm-up, {impl} @ {shape}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                     + f" (largest relative difference {spread:.1e})")
+    groups = {"mamba path": lambda r: (row_label(r), r["shape"]), "expert module": lambda r: (
+        r["impl"], r["shape"], r["mamba_path"]) if r.get("experts") else None}
+    for varies, key in groups.items():
+        for group in dict.fromkeys(key(r) for r in rows if key(r)):
+            losses = {r["mamba_path"] if varies == "mamba path" else r["experts"]: r["loss_first"]
+                      for r in rows if key(r) == group and "loss_first" in r}
+            if len(losses) < 2:
+                continue
+            ref = next(iter(losses.values()))
+            spread = max(abs(v - ref) for v in losses.values()) / abs(ref)
+            lines.append(f"loss after warm-up by {varies}, {' @ '.join(group[:2])}"
+                         + (f", mamba {group[2]}" if len(group) > 2 else "") + ": "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                         + f" (largest relative difference {spread:.1e})")
     return lines
 
 
@@ -62,12 +73,12 @@ def markdown_table(rows: list[dict[str, Any]], host_differences: list[str]) -> s
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | failed: {r['error'][:100]} "
+            lines.append(f"| {row_label(r)} | {r['shape']} | {r['mamba_path']} | failed: {r['error'][:100]} "
                          "| | | | | | |")
             continue
         ratio = r.get("ratio_vs_host")
         ratio_s = "—" if ratio is None else f"{ratio:.3f}" if r["ratio_same_shape"] else f"({ratio:.3f})†"
-        lines.append(f"| {r['impl']} | {r['shape']} | {r['mamba_path']} | {r['params'] / 1e9:.3f} "
+        lines.append(f"| {row_label(r)} | {r['shape']} | {r['mamba_path']} | {r['params'] / 1e9:.3f} "
                      f"| {r['step_ms_median']:.1f} ({iqr(r['step_ms'])}) | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} "
                      f"| {fmt(r['peak_gib'], '.2f')} | {ratio_s} | {paired_cell(r.get('paired'))} |")
     if any(r["shape"] == "host-buildable" for r in rows):

@@ -24,6 +24,10 @@ class RowPlan:
     impl: str  # "ours" | "host"
     shape: str  # "full" | "host-buildable"
     arch: SuperArchitecture
+    experts: str | None = None  # ours: "grouped" | "sequential" (--expert-impl); host: its SequentialMLP
+
+
+EXPERT_IMPLS = {"grouped": ["grouped"], "sequential": ["sequential"], "both": ["grouped", "sequential"]}
 
 
 # --mamba-path values: what megatron-core's MambaMixer runs per Mamba layer
@@ -75,7 +79,7 @@ def mem_eff_unavailable() -> str | None:
 def build_row(row: RowPlan, run: Run, host: HostPlan | None, mem_eff: bool, init: bool = True) -> tuple[Any, Any]:
     """(provider, model) for one row; ``init=False`` leaves the weights uninitialised (build-only)."""
     if row.impl == "ours":
-        provider = ours_provider(row.arch, run, mem_eff, init)
+        provider = ours_provider(row.arch, run, mem_eff, init, row.experts or "grouped")
     else:
         provider, _ = host_provider(row.arch, run, host.variant, mem_eff, init)
     return provider, provide(provider, run)
@@ -85,7 +89,7 @@ def run_row(row: RowPlan, path: str, run: Run, host: HostPlan | None, args: argp
     """Build, time and (optionally) profile one row; a failure is recorded, not raised."""
     mem_eff = path == "mem_eff"
     depths = run.mtp_depths if row.arch.mtp_hybrid_override_pattern else 0
-    out: dict[str, Any] = {"impl": row.impl, "shape": row.shape, "mamba_path": path,
+    out: dict[str, Any] = {"impl": row.impl, "experts": row.experts, "shape": row.shape, "mamba_path": path,
                            "shape_config": shape_summary(row.arch, run.mtp_depths),
                            "flops_per_token": model_flops_per_token(row.arch, args.seq, depths),
                            "forward_flops_per_token": forward_flops_per_token(row.arch, args.seq, depths)}

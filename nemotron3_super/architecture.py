@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from nemotron3_super import hf_layout
-from nemotron3_super.hf_config import (COMMON_KEYS, FAMILY_KEYS, SYMBOLS, arch_error, check_symbols, check_type,
-                                       load_json, pattern_to_blocks, read_hf_config, require, write_hf_config)
+from nemotron3_super.hf_config import (COMMON_KEYS, FAMILY_KEYS, SYMBOLS, IncompleteConfigError, arch_error,
+                                       check_symbols, check_type, load_json, pattern_to_blocks, read_hf_config, require, write_hf_config)
 from nemotron3_super.param_counts import ParamCounts, count_params, layer_params
 
-__all__ = ["SYMBOLS", "ParamCounts", "SuperArchitecture", "load_json", "pattern_to_blocks", "PRESETS",
+__all__ = ["SYMBOLS", "IncompleteConfigError", "ParamCounts", "SuperArchitecture", "load_json", "pattern_to_blocks", "PRESETS",
            "super_120b_a12b", "nano_30b_a3b", "tiny_super"]
 Shape = hf_layout.Shape
 
@@ -95,8 +95,9 @@ class SuperArchitecture:
         for sym, keys in FAMILY_KEYS.items():
             for key, kind in keys.items():
                 value = getattr(self, key)
-                require(value is not None or sym not in used, f"{key} is required because the "
-                        f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
+                if value is None and sym in used:
+                    raise IncompleteConfigError(f"Nemotron-H architecture: {key} is required because the "
+                                                f"pattern has {SYMBOLS[sym]} ({sym!r}) layers, got None")
                 if value is not None:
                     check_type(key, value, kind)
         if "*" in used:

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Sequence
 
+from nemotron3_super.upstream_flags import add_parallel_sizes, add_trust_remote_code, notes
+
 
 def _plugin_set(args: argparse.Namespace):  # noqa: ANN202
     from nemotron3_super.plugins.manager import load_plugins
@@ -49,19 +51,29 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_host() -> None:
-    """The host and megatron-core log TE/apex fallbacks at import; conversion output should be the report."""
-    import logging
-    import warnings
+def cmd_env(args: argparse.Namespace) -> int:
+    """Versions, GPUs and the decisions derived from them (layer spec, Mamba path, precision, bridges)."""
+    import contextlib
 
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the checkpoint writer's helper process too
-    logging.disable(logging.WARNING)  # the host resets its loggers to INFO at import; errors still show
+    from nemotron3_super import env
+
+    with contextlib.redirect_stdout(sys.stderr):  # the host logs to stdout from import on: keep --json clean
+        rows, seconds = env.collect()
+    print(json.dumps(env.as_json(rows, seconds), indent=2) if args.json else env.render(rows, seconds))
+    return 0
+
+
+def _host_output(args: argparse.Namespace) -> None:
+    """Before a command that imports the host (see :func:`nemotron3_super.host_compat.warning_filters.command_output`); ``main``
+    restores the logging level afterwards (tests and scripts call it in their own process)."""
+    from nemotron3_super.host_compat.warning_filters import command_output
+
+    command_output(verbose=args.verbose)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """HF folder <-> Megatron torch_dist checkpoint (single process, CPU is enough)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion import commands
 
     if args.direction == "import":
@@ -69,12 +81,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         report = commands.import_checkpoint(args.hf_model, args.megatron_path, overwrite=args.overwrite,
                                             spec_impl=args.spec, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp,
+                                            device=args.device, pp=args.pp, quiet=args.quiet,
                                             dtype=MODEL_DTYPES[args.dtype] if args.dtype else None)
     else:
         report = commands.export_checkpoint(args.hf_model, args.megatron_path, args.hf_path,
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
-                                            device=args.device, pp=args.pp,
+                                            device=args.device, pp=args.pp, quiet=args.quiet,
                                             copy_remote_code=args.copy_remote_code)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.render(f"convert {args.direction}"))
@@ -83,7 +95,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
     """Host-written LoRA adapter (on-disk names) -> HF PEFT folder that loads on transformers' NemotronH."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.hf_io import HFCheckpoint
     from nemotron3_super.conversion.peft_export import host_adapter_deltas, write_peft_adapter
 
@@ -96,7 +108,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """HF -> Megatron -> HF, then every tensor compared bit-exactly; exit 1 on any difference."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.commands import roundtrip
 
     report, steps = roundtrip(args.hf_model, args.megatron_load_path)
@@ -108,7 +120,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Forward-pass comparison HF vs Megatron (needs a GPU)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.compare import compare
 
     report = compare(args.hf_model_path, args.megatron_model_path, args.prompt, args.dtype)
@@ -118,7 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Tiny Super: build with transformers, import, export, audit (and compare on a GPU)."""
-    _quiet_host()
+    _host_output(args)
     from nemotron3_super.conversion.demo import run_demo
 
     return run_demo(args.work_dir)
@@ -135,12 +147,14 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an output folder that nemotron3-super wrote earlier (never the working "
                             "directory, an input, or a folder without its marker file)")
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr (only the final report)")
         p.add_argument("--tp", type=int, default=1, help="tensor parallel size (>1: run under torchrun)")
         p.add_argument("--ep", type=int, default=1, help="expert parallel size (>1: run under torchrun)")
         p.add_argument("--pp", type=int, default=1, help="pipeline parallel size (>1: run under torchrun)")
         p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                        help="where the Megatron model lives: cpu (default, any machine) or cuda (one GPU per "
                             "rank, NCCL; needs the model shard to fit in GPU memory)")
+        add_trust_remote_code(p)
         p.set_defaults(func=cmd_convert)
     imp.add_argument("--spec", default="local", choices=("local", "te", "auto"),
                      help="layer spec of the Megatron model (parameter names differ)")
@@ -161,12 +175,16 @@ def _add_conversion_commands(sub: argparse._SubParsersAction) -> None:
                       help="write a copy of --hf-model here with the adapters PEFT cannot take merged in")
     lora.set_defaults(func=cmd_export_lora)
     rt = sub.add_parser("roundtrip", help="HF -> Megatron -> HF and a bit-exact audit of every tensor")
-    rt.add_argument("--hf-model", required=True)
+    rt.add_argument("--hf-model", "--hf-model-id", dest="hf_model", required=True)
     rt.add_argument("--megatron-load-path", default=None, help="export this checkpoint instead of importing")
+    add_parallel_sizes(rt)
+    add_trust_remote_code(rt)
     rt.set_defaults(func=cmd_roundtrip)
     cmp_ = sub.add_parser("compare", help="HF vs Megatron forward pass (needs a CUDA GPU)")
-    cmp_.add_argument("--hf-model-path", required=True)
-    cmp_.add_argument("--megatron-model-path", required=True)
+    cmp_.add_argument("--hf-model-path", "--hf_model_path", dest="hf_model_path", required=True)
+    cmp_.add_argument("--megatron-model-path", "--megatron_model_path", dest="megatron_model_path", required=True)
+    add_parallel_sizes(cmp_)
+    add_trust_remote_code(cmp_)
     cmp_.add_argument("--prompt", default="Hello who are ")
     cmp_.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     cmp_.add_argument("--max-rel-l2", type=float, default=1e-4, help="exit 1 above this logits rel-L2")
@@ -186,6 +204,9 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemotron3-super", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every warning and log line of the host (default: its known TE/Apex fallback "
+                             "warnings are one summary line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_ in (
         ("plugins", cmd_plugins, "list Megatron-Bridge plugins found through entry points"),
@@ -195,17 +216,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--strict", action="store_true", help="fail on the first plugin that does not load")
         p.set_defaults(func=func)
+    env = sub.add_parser("env", help="versions, GPUs and what will run here (paste it into bug reports)")
+    env.add_argument("--json", action="store_true", help="machine-readable output")
+    env.set_defaults(func=cmd_env)
     _add_conversion_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
+    notes(args)
+    logging_disabled = logging.root.manager.disable
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
-        print(f"nemotron3-super {args.command}: error: {exc}", file=sys.stderr)
+        from nemotron3_super.failures import describe
+
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        from nemotron3_super.failures import describe, is_checkpoint_exception
+
+        if not is_checkpoint_exception(exc):
+            raise  # KeyboardInterrupt, SystemExit
+        print(f"nemotron3-super {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        logging.disable(logging_disabled)  # as the caller had it
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ COMMON_KEYS = {"hidden_size": int, "vocab_size": int, "layer_norm_epsilon": floa
                 "max_position_embeddings": int, "tie_word_embeddings": bool,
                 "residual_in_fp32": bool}
 # Other spellings of the same key (transformers' NemotronHConfig kwargs; vLLM's mamba_proj_bias).
-ALIASES = {"n_groups": ("mamba_n_groups",), "conv_kernel": ("mamba_d_conv",),
+# attention_head_dim: the remote-code-era Nemotron-H configs (Nemotron-H 8B/47B/56B, Nano v2).
+ALIASES = {"head_dim": ("attention_head_dim",), "n_groups": ("mamba_n_groups",), "conv_kernel": ("mamba_d_conv",),
             "chunk_size": ("mamba_chunk_size",), "use_conv_bias": ("mamba_conv_bias",),
             "use_bias": ("mamba_proj_bias",)}
 PATTERN_KEYS = {"hybrid_override_pattern", "mtp_hybrid_override_pattern",
@@ -51,6 +52,10 @@ _MISSING = object()
 def arch_error(msg: str) -> ValueError:
     """The error every architecture check raises (a ValueError naming the field and what was expected)."""
     return ValueError(f"Nemotron-H architecture: {msg}")
+
+
+class IncompleteConfigError(ValueError):
+    """The config leaves out (or sets to None) a key the model needs: it does not describe a whole model."""
 
 
 def require(ok: Any, msg: str) -> None:
@@ -115,9 +120,21 @@ def _read_pattern(get: Any, str_key: str, list_key: str, required: bool) -> str:
         require(text is None or from_list == text,
                 f"{str_key}={text!r} disagrees with {list_key} (= {from_list!r})")
         text = from_list
-    require(text is not None or not required,
-            f"config is missing required key {str_key!r} (or {list_key!r})")
+    if text is None and required:
+        raise IncompleteConfigError(f"Nemotron-H architecture: config is missing required key {str_key!r} "
+                                    f"(or {list_key!r})")
     return text or ""
+
+
+def mtp_block_pattern(cfg: Mapping[str, Any] | object | None) -> str:
+    """The MTP block's layer pattern ("" without MTP) from a config or a partial one (None: no config),
+    in either spelling; raises IncompleteConfigError when MTP is on but its pattern is missing."""
+    def get(key: str, default: Any = None) -> Any:
+        value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+        return default if value is None else value
+
+    return _read_pattern(get, "mtp_hybrid_override_pattern", "mtp_layers_block_type", True) \
+        if cfg is not None and get("num_nextn_predict_layers", 0) else ""
 
 
 def read_hf_config(cfg: Mapping[str, Any] | object, fields: Iterable[str]) -> dict[str, Any]:
@@ -152,8 +169,9 @@ def read_hf_config(cfg: Mapping[str, Any] | object, fields: Iterable[str]) -> di
     for name in fields:
         if name not in PATTERN_KEYS:
             value = get(name)
-            require(value is not _MISSING or name not in required,
-                    f"config is missing required key {name!r} (pattern {pattern!r}, MTP pattern {mtp!r})")
+            if value is _MISSING and name in required:
+                raise IncompleteConfigError(f"Nemotron-H architecture: config is missing required key {name!r} "
+                                            f"(pattern {pattern!r}, MTP pattern {mtp!r})")
             if value is not _MISSING:
                 values[name] = value
     return values

@@ -20,6 +20,7 @@ from nemotron3_super.recipes import RECIPES
 from nemotron3_super.recipes.dry_run import config_problems, report, validated_arch
 from nemotron3_super.recipes.layout import LayoutError, check_layout, layout_of
 from nemotron3_super.recipes.overrides import ConfigKeyError, apply_cli_overrides, follow_train_iters
+from nemotron3_super.upstream_flags import add_training_flags, training_overrides
 
 
 def _training_loop(mode: str):
@@ -67,9 +68,13 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                            "launch: must equal torchrun's WORLD_SIZE")
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="per-GPU memory for the fit check")
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
+    add_training_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="show every host warning and INFO line "
+                   "(default: the host's known TE/Apex fallback warnings are one summary line)")
     if mode == "pretrain":
         p.add_argument("--nvfp4", action="store_true", help="the published NVFP4 recipe (Blackwell)")
-        p.add_argument("--data-blend", metavar="JSON", help="per-split blend JSON (default: mock data)")
+        p.add_argument("--data-blend", "--per-split-data-args-path", dest="data_blend", metavar="JSON",
+                       help="per-split blend JSON (default: mock data); the second spelling is the upstream one")
     else:
         p.add_argument("--peft", choices=("none", "lora"), default="none", help="LoRA or full SFT")
         p.add_argument("--squad-jsonl", metavar="PATH", help="local SQuAD-format JSONL instead of the Hub")
@@ -79,26 +84,39 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 def main(mode: str, argv: list[str] | None = None) -> int:
     """CLI entry for ``mode`` "pretrain" or "finetune"; returns the exit status."""
     args = _parser(mode).parse_intermixed_args(argv)  # options may come between the overrides
+    from nemotron3_super.host_compat.warning_filters import command_output
+
+    logging_disabled = command_output(verbose=args.verbose, quiet_info=args.dry_run)  # a launch keeps INFO
     if mode == "pretrain":
         name = "nemotron3_super_pretrain_nvfp4_config" if args.nvfp4 else "nemotron3_super_pretrain_config"
         kwargs = {"per_split_data_args_path": args.data_blend}
     else:
         name = "nemotron3_super_lora_config" if args.peft == "lora" else "nemotron3_super_sft_config"
         kwargs = {"squad_jsonl": args.squad_jsonl}
-    return run_recipe(name, args.overrides, dry_run=args.dry_run, gpus=args.gpus,
-                      gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    try:
+        overrides = training_overrides(args) + list(args.overrides)
+    except (OSError, ValueError) as exc:
+        logging.disable(logging_disabled)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_recipe(name, overrides, dry_run=args.dry_run, gpus=args.gpus, verbose=args.verbose,
+                          gpu_memory_gib=args.gpu_memory_gib, tokenizer_model=args.tokenizer, **kwargs)
+    finally:
+        logging.disable(logging_disabled)  # as the caller had it (tests call main in their process)
 
 
 def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_run: bool = False,
-               gpus: int | None = None, gpu_memory_gib: float = 80.0, **recipe_kwargs: Any) -> int:
+               gpus: int | None = None, gpu_memory_gib: float = 80.0, verbose: bool = False,
+               **recipe_kwargs: Any) -> int:
     """Build recipe ``name`` (see RECIPES), apply dotted overrides, validate, then print the plan
     (``dry_run``) or train on this rank. The one function every front end calls (CLI, NeMo-Run)."""
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=1)
         raise KeyError(f"no recipe named {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                        + f" (recipes: {', '.join(RECIPES)})")
-    if dry_run:  # the host logs INFO lines (and tracebacks of optional imports) on import
-        logging.disable(logging.WARNING)
+    if dry_run and not verbose:  # the host logs INFO lines (and optional-import tracebacks); warnings show
+        logging.disable(logging.INFO)
     try:
         cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
     except (ValueError, ConfigKeyError, FileNotFoundError) as exc:  # LayoutError is a ValueError
@@ -119,6 +137,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
              gpus: int | None) -> tuple[Any, Any, Any, list[str]]:
     """Recipe -> overrides -> validation; raises with every problem named."""
     from nemotron3_super import recipes
+    from nemotron3_super.recipes.adapt import adapt_to_gpus
 
     mode = "pretrain" if RECIPES[name].mode == "pretrain" else "finetune"
     cfg = getattr(recipes, name)(**recipe_kwargs)
@@ -130,6 +149,7 @@ def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, 
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; plain `python -m` is one process
     # a dry run plans for --gpus or the recipe's own GPU count; a launch runs on the real world size
     planned = (gpus or _recipe_gpus(name)) if dry_run else world
+    adapt_to_gpus(cfg, overrides, planned, arch)  # sizes the user did not set follow the GPUs and the model
     layout = layout_of(cfg, planned)
     problems = config_problems(cfg, mode, launching=not dry_run)
     if not dry_run and gpus and gpus != world:

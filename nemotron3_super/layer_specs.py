@@ -5,7 +5,9 @@ Two specs, one model:
 * ``"te"``: megatron-core's own Transformer Engine hybrid stack spec (fused norm+linear, TE attention,
   grouped-GEMM experts, TE latent projections and final norm). Production.
 * ``"local"``: megatron-core's local modules only (torch RMSNorm, Column/RowParallelLinear, local
-  DotProductAttention, SequentialMLP experts, MambaMixer with local in/out projections). Runs where TE
+  DotProductAttention, MambaMixer with local in/out projections) and routed experts as one grouped GEMM
+  per projection (:class:`~nemotron3_super.grouped_experts.GroupedMLP`; ``moe_grouped_gemm=False``:
+  megatron-core's per-expert ``SequentialMLP``). Runs where TE
   does not (CPU conversion boxes, GPU machines without TE). Parameter names differ from the TE spec
   (``decoder.layers.N.norm.weight`` instead of ``mixer.in_proj.layer_norm_weight``, ...).
 
@@ -63,6 +65,8 @@ from megatron.core.transformer.transformer_layer import (
 )
 from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+from nemotron3_super.grouped_experts import GroupedMLP
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +221,7 @@ class LatentMoELayer(MoELayer):
 
         self.fc1_latent_proj = latent_proj(h, latent, config.init_method, "fc1_latent_proj")
         self.fc2_latent_proj = latent_proj(latent, h, config.output_layer_init_method, "fc2_latent_proj")
-        dispatchers = {"allgather": MoEAllGatherTokenDispatcher, "alltoall": MoEAlltoAllTokenDispatcher,
-                       "flex": MoEFlexTokenDispatcher}
-        if config.moe_token_dispatcher_type not in dispatchers:
-            raise ValueError(f"Unsupported token dispatcher type: {config.moe_token_dispatcher_type}")
-        self.token_dispatcher = dispatchers[config.moe_token_dispatcher_type](
+        self.token_dispatcher = token_dispatcher_class(config.moe_token_dispatcher_type)(
             self.num_local_experts, self.local_expert_indices, config=config, pg_collection=pg_collection)
         self.experts = submodules.experts(self.num_local_experts, config, pg_collection=pg_collection,
                                           name=f"{name}.experts" if name is not None else None)
@@ -234,6 +234,20 @@ class LatentMoELayer(MoELayer):
         self.cudagraph_tensor_store = MoECudaGraphTensorStore()
         self.fwd_execution_map = ["route", "expert_compute", "postprocess"]
         self.setup_delayed_wgrad_for_dispatch_backward_overlap()
+
+
+def token_dispatcher_class(kind: str) -> type:
+    """megatron-core's dispatcher for ``moe_token_dispatcher_type``. Without CUDA, "alltoall" (the
+    provider's default, so a checkpoint's run_config.yaml rebuilds the same on a GPU) is served by the
+    all-gather one: alltoall creates a CUDA stream when built; neither holds weights and both send each
+    token to the same experts (only the communication pattern differs)."""
+    dispatchers = {"allgather": MoEAllGatherTokenDispatcher, "alltoall": MoEAlltoAllTokenDispatcher,
+                   "flex": MoEFlexTokenDispatcher}
+    if kind not in dispatchers:
+        raise ValueError(f"moe_token_dispatcher_type={kind!r}: expected one of {sorted(dispatchers)}")
+    if kind == "alltoall" and not torch.cuda.is_available():
+        return MoEAllGatherTokenDispatcher
+    return dispatchers[kind]
 
 
 @dataclass
@@ -285,11 +299,14 @@ def te_layer_spec() -> ModuleSpec:
     return copy.deepcopy(_mcore_te_stack_spec)
 
 
-def local_layer_spec() -> ModuleSpec:
-    """TE-free hybrid stack spec built from megatron-core's local modules only."""
+def local_layer_spec(config=None) -> ModuleSpec:
+    """TE-free hybrid stack spec built from megatron-core's local modules. Routed experts: grouped GEMMs
+    (:class:`GroupedMLP`) unless ``config.moe_grouped_gemm`` is False (then ``SequentialMLP``, one GEMM
+    pair per expert). The host calls this with the provider as ``config``."""
     mlp = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
+    grouped = config is None or bool(getattr(config, "moe_grouped_gemm", True))
     moe = functools.partial(LatentMoELayer, submodules=LatentMoESubmodules(
-        experts=functools.partial(SequentialMLP, submodules=mlp),
+        experts=GroupedMLP if grouped else functools.partial(SequentialMLP, submodules=mlp),
         shared_experts=functools.partial(SharedExpertMLP, submodules=mlp),
         latent_proj=LocalDuplicatedLinear))
     mamba = ModuleSpec(module=MambaLayer, submodules=MambaLayerSubmodules(

@@ -52,7 +52,7 @@ ARCH_FIELDS: tuple[tuple[str, str], ...] = (
     ("mtp_hybrid_override_pattern", "mtp_hybrid_override_pattern"),
 )
 # Config fields that need TE or apex kernels; the local spec turns them off (one INFO line).
-LOCAL_SPEC_OFF = ("persist_layer_norm", "moe_grouped_gemm", "moe_permute_fusion", "masked_softmax_fusion",
+LOCAL_SPEC_OFF = ("persist_layer_norm", "moe_permute_fusion", "masked_softmax_fusion",
                   "gradient_accumulation_fusion", "bias_activation_fusion", "apply_rope_fusion",
                   "cross_entropy_loss_fusion")
 
@@ -162,7 +162,9 @@ class SuperModelProvider(HybridModelProvider):
     moe_aux_loss_coeff: float = 1e-4  # published load-balancing loss weight (as the Nemotron-H bridge)
     moe_router_bias_update_rate: float = 1e-3  # published expert-bias update per step
     moe_token_dispatcher_type: str = "alltoall"
-    moe_grouped_gemm: bool = True  # TE spec: grouped experts (local spec: SequentialMLP)
+    # routed experts as grouped GEMMs: TE's GroupedLinear (TE spec, always) or our GroupedMLP (local spec);
+    # False: the local spec runs megatron-core's SequentialMLP (one GEMM pair per expert) instead
+    moe_grouped_gemm: bool = True
     moe_permute_fusion: bool = True
     # unlike the host's Nemotron-H bridge (True): megatron-core refuses it with latent MoE in training
     moe_shared_expert_overlap: bool = False

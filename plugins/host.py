@@ -66,7 +66,7 @@ def install_into_host(
     """
     plugin_set = plugin_set or load_plugins()
     policy = resolve_bridge_policy(bridge_policy)
-    key = (id(plugin_set), policy)
+    key = (plugin_set.serial, policy)  # not id(): ids are reused after garbage collection
     if key in _INSTALLED:
         return _INSTALLED[key]
 

@@ -13,6 +13,7 @@ Properties a host can rely on:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -101,12 +102,17 @@ class PluginInfo:
         }
 
 
+_SERIALS = itertools.count(1)
+
+
 @dataclass
 class PluginSet:
-    """What discovery found: every plugin (loaded or not) and the accepted registrations."""
+    """What discovery found: every plugin (loaded or not) and the accepted registrations. ``serial``
+    identifies this set for caches (unlike ``id()``, it is never reused after garbage collection)."""
 
     plugins: list[PluginInfo]
     skipped: list[str]
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
 
     @property
     def registrations(self) -> list[Registration]:
@@ -194,7 +200,7 @@ def _discover(group: str, selection: str | None) -> PluginSet:
             module = ep.load()
             pm.register(module, name=ep.name)
             pm.check_pending()  # a hookimpl with no matching spec is a plugin bug, not silence
-        except Exception as exc:  # noqa: BLE001 - isolation is the point
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolation is the point (sys.exit() included)
             if pm.get_plugin(ep.name) is not None:
                 pm.unregister(name=ep.name)
             info.errors.append(_format_exc(exc))
@@ -223,7 +229,7 @@ def _collect(pm: pluggy.PluginManager, plugins: dict[str, PluginInfo]) -> None:
             pending: list[Registration] = []
             try:
                 impl.function(register=_make_register(kind, info.name, pending))
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a hook's sys.exit() is its failure
                 info.errors.append(f"{hook_name}: {_format_exc(exc)}")
                 logger.warning("%s", _describe_failure(info))
                 continue

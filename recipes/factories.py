@@ -69,6 +69,9 @@ def nemotron3_super_lora_config(*, rank: int = 32, alpha: int = 32, layout: Layo
     """
     cfg = _finetune("peft", layout=layout, **kwargs)
     cfg.peft = b.build_lora(rank, alpha)
+    # TE-free spec: SequentialMLP experts, whose per-expert linear_fc1/fc2 the host's LoRA adapts (it has no
+    # adapter for GroupedMLP's stacked weights); the TE spec's experts are grouped either way
+    cfg.model.moe_grouped_gemm = False
     cfg.optimizer.lr = 1e-4  # adapters only: 20x the full-SFT rate
     return cfg
 

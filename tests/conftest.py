@@ -7,6 +7,11 @@ import os
 import pytest
 
 import nemotron3_super  # noqa: F401 - applies the host fixes before any test imports megatron
+from nemotron3_super.activation import uninstall
+
+# Test processes install into the host explicitly where a test wants it (the start-up hook that
+# nemotron3_super.pth adds is tested in fresh interpreters: tests/unit/test_activation.py).
+uninstall()
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,23 @@ name table (:mod:`nemotron3_super.bridge.table`) and its strict pairing checks
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from megatron.bridge.models.conversion.mapping_registry import MegatronMappingRegistry
 from megatron.bridge.models.conversion.model_bridge import MegatronModelBridge
+from megatron.bridge.models.nemotronh.nemotron_h_bridge import NemotronHBridge
 
 from nemotron3_super.architecture import SuperArchitecture
-from nemotron3_super.bridge.pairing import check_host_tasks, registry_for
-from nemotron3_super.hf_config import HF_ARCHITECTURE, MODEL_TYPE as HF_MODEL_TYPE
+from nemotron3_super.bridge.pairing import check_host_tasks
+from nemotron3_super.bridge.table import super_mappings
+from nemotron3_super.hf_config import HF_ARCHITECTURE, MODEL_TYPE as HF_MODEL_TYPE, IncompleteConfigError, mtp_block_pattern
 from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 from nemotron3_super.provider import SuperModelProvider
+
+
+logger = logging.getLogger(__name__)
 
 
 class SuperBridge(MegatronModelBridge):
@@ -29,19 +35,31 @@ class SuperBridge(MegatronModelBridge):
     MODEL_TYPE = HF_MODEL_TYPE
     PROVIDER_CLASS = SuperModelProvider
 
-    def provider_bridge(self, hf_pretrained: Any) -> SuperModelProvider:
+    def provider_bridge(self, hf_pretrained: Any) -> Any:
+        """A :class:`SuperModelProvider` for a config that describes a whole model (every spelling the
+        host reads). A config that leaves out keys the model needs gets the host's generic Nemotron-H
+        provider, as from the host's own bridge (logged): building it then fails where the host's would,
+        and weights are never converted against it (the name table needs the whole model)."""
         config = getattr(hf_pretrained, "config", hf_pretrained)
         params_dtype = self.dtype_from_hf(config, default=None) if hasattr(config, "torch_dtype") else None
         overrides: dict[str, Any] = {}
         if params_dtype is not None:  # keep the checkpoint's dtype (bf16 for the released model)
             overrides = {"params_dtype": params_dtype, "bf16": params_dtype == torch.bfloat16,
                          "fp16": params_dtype == torch.float16}
-        return SuperModelProvider.from_hf_config(config, **overrides)
+        try:
+            arch = SuperArchitecture.from_hf_config(config)
+        except IncompleteConfigError as exc:
+            logger.warning("%s: using the host's Nemotron-H provider for this partial config", exc)
+            return NemotronHBridge().provider_bridge(hf_pretrained)
+        return SuperModelProvider.from_architecture(arch, **overrides)
 
     @classmethod
-    def megatron_to_hf_config(cls, provider: SuperModelProvider) -> dict:
-        """config.json with the layer and MTP patterns (loads in transformers natively)."""
-        return provider.to_architecture().to_hf_config_dict()
+    def megatron_to_hf_config(cls, provider: Any) -> dict:
+        """config.json for a :class:`SuperModelProvider` (layer and MTP patterns; loads in transformers
+        natively); for any other provider-like object, the host's Nemotron-H translation."""
+        if isinstance(provider, SuperModelProvider):
+            return provider.to_architecture().to_hf_config_dict()
+        return NemotronHBridge.megatron_to_hf_config(provider)
 
     @classmethod
     def get_hf_tokenizer_kwargs(cls) -> dict:
@@ -49,7 +67,11 @@ class SuperBridge(MegatronModelBridge):
         return {"use_fast": True}
 
     def mapping_registry(self) -> MegatronMappingRegistry:
-        return registry_for(SuperArchitecture.from_hf_config(self.hf_config))
+        """The name table; only the MTP block's pattern comes from the attached HF config (none attached,
+        or a partial one: as far as it says). Strictness is in :meth:`build_conversion_tasks`."""
+        return MegatronMappingRegistry(*super_mappings(
+            mtp_pattern=mtp_block_pattern(self.hf_config),
+            num_experts=getattr(self.hf_config, "n_routed_experts", None) or 0))
 
     def maybe_modify_converted_hf_weight(self, task: Any, converted_weights_dict: dict, hf_state_dict: Any) -> dict:
         """Host export path: Megatron keeps A_log / D in FP32; on disk they are in the model dtype.

@@ -4,17 +4,22 @@ Single process on CPU (a 1-rank gloo group) by default; ``tp``/``ep`` > 1 run un
 with ``device="cuda"``: the model shards then live on one GPU per rank).
 Everything is validated before work starts; outputs are written to a temporary sibling folder and renamed
 at the end, so a failure leaves no half-written output.
-Memory: the Megatron model (1x) plus the tensor being converted (import) or one output shard (export).
+Memory does not grow with the model: the Megatron model is built on the meta device and tensors are
+streamed through it (``streaming.py``): import holds the tensor being converted, export a group of loaded
+tensors plus the output shard being filled.
 """
 
 from __future__ import annotations
 
 import json
+import contextlib
+import math
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -24,11 +29,13 @@ from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatro
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (COPY_SUFFIXES, REMOTE_CODE_SUFFIXES, SAFETENSORS_DTYPES, CheckpointError,
                                               HFCheckpoint, ShardedWriter, config_dtype)
-from nemotron3_super.conversion.megatron_io import (build_model, load_checkpoint, read_meta, run_provider,
-                                                    save_checkpoint)
+from nemotron3_super.conversion.megatron_io import (ITERATION_DIR, build_model, checkpoint_root, read_meta,
+                                                    run_provider, save_checkpoint)
 from nemotron3_super.conversion.outputs import check_output, staged_output
 from nemotron3_super.conversion.process_groups import cpu_current_device, parallel_group
+from nemotron3_super.conversion.progress import Progress
 from nemotron3_super.conversion.quantized import QUANT_CONFIG_FILE, DequantizedCheckpoint, open_checkpoint
+from nemotron3_super.conversion.streaming import RealModules, StreamingLoader, StreamingSaveStrategy, TensorSource
 from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 
 
@@ -53,22 +60,86 @@ class ConvertReport:
 
 
 def _open_source(hf_model: str | Path, dtype: torch.dtype | None = None) -> HFCheckpoint:
-    """The import's source, validated (a quantized one through the dequantizing reader, to ``dtype``)."""
+    """The import's source, validated (a quantized one through the dequantizing reader, to ``dtype``): the
+    :class:`TensorSource` import reads."""
     src = open_checkpoint(hf_model, dtype)
     src.check_quantized()
     if not src.has_weights:
         raise CheckpointError(f"{hf_model}: no *.safetensors files (expected the HF weights)")
     src.check_against(src.arch)
+    if getattr(src, "quantization_config", None) is None:  # a dequantized source has the dtype it is given
+        _check_config_dtype(src)
     return src
+
+
+def _meta_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str) -> torch.nn.Module:
+    """The conversion model on the meta device: structure, shapes and dtypes, no memory (see streaming.py)."""
+    with torch.device("meta"):
+        return build_model(arch, dtype, spec_impl, "cpu")
+
+
+def _compute_device(device: str) -> torch.device:
+    """Where tensors live while converted: this rank's GPU with ``device="cuda"`` (NCCL collectives)."""
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+
+
+def _convert_pair(pair: Any, model: torch.nn.Module, target: torch.Tensor, src: TensorSource,
+                  where: str, real: RealModules) -> torch.Tensor:
+    """HF tensor(s) of ``pair`` -> the Megatron tensor's values, checked against its shape."""
+    module = real.of(module_of(model, pair.local), pair.local.rsplit(".", 1)[0])
+    converted = pair.mapping.hf_to_megatron(pair.hf_inputs(lambda n: src.get(n).to(real.device)), module)
+    if converted.shape != target.shape:
+        raise CheckpointError(f"{where}: {pair.hf} -> Megatron {pair.megatron} has shape "
+                              f"{list(converted.shape)}, the model expects {list(target.shape)}")
+    return converted
+
+
+def _widen(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pairs: list, src: TensorSource,
+           where: str, real: RealModules) -> list[str]:
+    """Megatron tensors whose HF values do not fit the model dtype exactly (e.g. Nano's FP32 router weight)
+    take the HF dtype, before the checkpoint is planned. Only pairs with an input wider than the model
+    tensor can lose bits; those (few, small) are converted once here to find out."""
+    widened = []
+    for pair in pairs:
+        target = tensors[pair.local]
+        if max(src.dtype(h).itemsize for h in pair.hf) <= target.dtype.itemsize:
+            continue
+        converted = _convert_pair(pair, model, target, src, where, real)
+        if not torch.equal(converted.to(target.dtype).to(converted.dtype), converted):
+            target.data = torch.empty(target.shape, dtype=converted.dtype, device="meta")
+            widened.append(pair.megatron)
+    return widened
+
+
+def _exact_cast(values: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``values`` in ``dtype``, refusing any cast that changes a bit."""
+    cast = values.to(dtype)
+    if not torch.equal(cast.to(values.dtype), values):
+        raise CheckpointError(f"{what}: {values.dtype} values do not fit {dtype} exactly")
+    return cast
+
+
+def _check_config_dtype(src: HFCheckpoint) -> None:
+    """A config whose torch_dtype is one 16-bit float format while every 16-bit tensor is the other would
+    build the Megatron model in a format no weight has: refused up front."""
+    wanted = config_dtype(src.config)
+    halves = {i.torch_dtype for i in src.tensors.values() if i.torch_dtype in (torch.float16, torch.bfloat16)}
+    if wanted in (torch.float16, torch.bfloat16) and halves and wanted not in halves:
+        example = next(i for i in src.tensors.values() if i.torch_dtype in halves)
+        raise CheckpointError(f"{src.folder / 'config.json'}: torch_dtype={str(wanted).removeprefix('torch.')} but "
+                              f"the 16-bit tensors are {example.dtype} (e.g. {example.name!r} in "
+                              f"{example.file.name}): fix torch_dtype in config.json")
 
 
 def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwrite: bool = False,
                       spec_impl: str = "local", tp: int = 1, ep: int = 1, device: str = "cpu",
-                      pp: int = 1, dtype: torch.dtype | None = None) -> ConvertReport:
+                      pp: int = 1, dtype: torch.dtype | None = None, quiet: bool = True) -> ConvertReport:
     """HF folder -> Megatron torch_dist checkpoint. Every tensor keeps its bits: where the Megatron
     parameter is narrower than the HF tensor (e.g. Nano's FP32 router weight) the HF dtype is kept.
     ``tp``/``ep``/``pp`` > 1 run under torchrun (one rank per shard); the checkpoint loads at any layout.
-    ``dtype``: the model's (default: the config's). A ModelOpt FP8 / NVFP4 checkpoint is dequantized to it."""
+    ``dtype``: the model's (default: the config's). A ModelOpt FP8 / NVFP4 checkpoint is dequantized to it.
+    Streaming: the model is on the meta device and each tensor is converted, written and freed in turn
+    (peak memory: a few tensors, whatever the model size; see ``streaming.py``). ``quiet=False``: progress."""
     start = time.perf_counter()
     src = _open_source(hf_model, dtype)
     dtype = dtype or config_dtype(src.config)
@@ -76,30 +147,32 @@ def import_checkpoint(hf_model: str | Path, megatron_path: str | Path, *, overwr
     report = ConvertReport(str(hf_model), str(megatron_path))
     with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert import",
                                                            source=str(hf_model)) as out, cpu_current_device():
-        model = build_model(src.arch, dtype, spec_impl, device)
+        model, real = _meta_model(src.arch, dtype, spec_impl), RealModules(_compute_device(device))
         tensors = megatron_tensors(model)
         pairs = plan(tensors, src.arch, offset=layer_offset(model))
-        check_coverage(pairs, src.tensors, str(hf_model))
-        for pair in pairs:
-            converted = pair.mapping.hf_to_megatron(pair.hf_inputs(src.get), module_of(model, pair.local))
-            target = tensors[pair.local]
-            if converted.shape != target.shape:
-                raise CheckpointError(f"{hf_model}: {pair.hf} -> Megatron {pair.megatron} has shape "
-                                      f"{list(converted.shape)}, the model expects {list(target.shape)}")
-            with torch.no_grad():
-                if converted.dtype == target.dtype or torch.equal(converted.to(target.dtype).to(converted.dtype),
-                                                                  converted):
-                    target.copy_(converted)  # same dtype, or an exact cast (e.g. BF16 A_log -> FP32)
-                else:
-                    target.data = converted.detach().to(target.device, copy=True)
-                    report.kept_wider.append(pair.megatron)
-            report.tensors += len(pair.hf)
-            report.bytes += sum(src.nbytes(h) for h in pair.hf)
+        check_coverage(pairs, src.names(), str(hf_model))
+        report.kept_wider = _widen(model, tensors, pairs, src, str(hf_model), real)
+
+        def produce(write: Callable[[str, torch.Tensor], None]) -> None:
+            with Progress("import", sum(src.nbytes(h) for p in pairs for h in p.hf),
+                          sum(len(p.hf) for p in pairs), quiet=quiet) as bar, torch.no_grad():
+                for pair in pairs:
+                    target = tensors[pair.local]  # stays on the meta device: values go straight to the file
+                    values = _convert_pair(pair, model, target, src, str(hf_model), real)
+                    if values.dtype != target.dtype:  # e.g. BF16 A_log -> FP32; _widen left only exact casts
+                        values = _exact_cast(values, target.dtype, f"{hf_model}: {pair.hf} -> {pair.megatron}")
+                    write(pair.local, values.cpu())
+                    del values
+                    nbytes = sum(src.nbytes(h) for h in pair.hf)
+                    report.tensors, report.bytes = report.tensors + len(pair.hf), report.bytes + nbytes
+                    bar.update(nbytes, len(pair.hf))
+
         meta = {"format": 1, "hf_config": src.config, "spec_impl": spec_impl, "source": str(hf_model),
                 "tp": tp, "ep": ep, "pp": pp, "hf_dtypes": {n: i.dtype for n, i in src.tensors.items()}}
         if isinstance(src, DequantizedCheckpoint):
             meta["dequantized"], report.dequantized = src.summary.as_dict(), src.summary.render()
-        save_checkpoint(model, out, meta, run_provider(src.arch, dtype, spec_impl, tp, ep, pp))
+        save_checkpoint(model, out, meta, run_provider(src.arch, dtype, spec_impl, tp, ep, pp),
+                        strategy=StreamingSaveStrategy(tensors, produce))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -118,16 +191,19 @@ def _target_dtype(name: str, ref: HFCheckpoint, meta: dict, default: torch.dtype
 def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: str | Path, *,
                       overwrite: bool = False, shard_bytes: int | None = None, tp: int = 1,
                       ep: int = 1, device: str = "cpu", pp: int = 1, spec_impl: str | None = None,
-                      copy_remote_code: bool = False) -> ConvertReport:
+                      copy_remote_code: bool = False, quiet: bool = True,
+                      group_bytes: int | None = None) -> ConvertReport:
     """Megatron checkpoint -> HF folder; ``hf_model`` (config, optionally weights) is the reference.
     ``spec_impl`` (default: the one recorded at import) is the layer spec the checkpoint is read into; both
     specs store the same checkpoint keys, so either reads either's checkpoint.
     Its tokenizer / generation files travel along; its remote code (``*.py``, ``auto_map``) only with
     ``copy_remote_code``, so an export does not pass on code nobody asked for.
     Any ``tp``/``ep``/``pp`` can read any checkpoint (torch_dist reshards). The host's mappings gather
-    TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files."""
+    TP/EP shards and broadcast across pipeline stages, one tensor at a time; rank 0 writes the files.
+    Streaming: tensors are read from the checkpoint a group at a time (``group_bytes``, default 256 MiB or
+    a quarter of an output shard) for a meta-device model."""
     start = time.perf_counter()
-    ref, megatron_path = open_checkpoint(hf_model), Path(megatron_path)  # a quantized ref: its BF16 view
+    ref, megatron_path = open_checkpoint(hf_model), checkpoint_root(Path(megatron_path))  # quantized ref: BF16 view
     meta = read_meta(megatron_path)
     if meta.get("hf_config") and SuperArchitecture.from_hf_config(meta["hf_config"]) != ref.arch:
         raise CheckpointError(f"{megatron_path}: imported from a different architecture than "
@@ -136,19 +212,33 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), config_dtype(ref.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert export",
                                                            source=str(megatron_path)) as out, cpu_current_device():
-        model = build_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"), device)
-        load_checkpoint(model, megatron_path)
+        model = _meta_model(ref.arch, dtype, spec_impl or meta.get("spec_impl", "local"))
+        on = _compute_device(device)
+        real = RealModules(on)
         tensors = megatron_tensors(model)
         pairs = plan(tensors, ref.arch, offset=layer_offset(model))
         check_coverage(pairs, ref.arch.hf_tensor_names(), f"{hf_model}/config.json")
         writer = ShardedWriter(out, **({"shard_bytes": shard_bytes} if shard_bytes else {}))
+        # loaded tensors: 256 MiB or a quarter of an output shard at a time (or one larger tensor)
+        loader = StreamingLoader(tensors, model.sharded_state_dict(), megatron_path / ITERATION_DIR,
+                                 [p.local for p in pairs], device=on,
+                                 group_bytes=group_bytes or min(2**28, writer.shard_bytes // 4))
         writes = dist.get_rank() == 0  # every rank runs every mapping (collectives), rank 0 writes
-        with torch.no_grad():
+        targets = {n: _target_dtype(n, ref, meta, dtype) for n in ref.arch.hf_tensor_names()}
+        total = sum(math.prod(s) * targets[n].itemsize for n, s in ref.arch.hf_tensors())
+        with Progress("export", total, len(targets), quiet=quiet) as bar, torch.no_grad(), \
+                contextlib.closing(loader):
             for pair, local_tensor, module in _export_slots(model, tensors, pairs, ref.arch):
+                if local_tensor is not None:  # this rank's tensor (else another stage's: a broadcast peer)
+                    local_tensor = loader.ensure(pair.local)
+                    module = real.of(module, pair.local.rsplit(".", 1)[0], loader.loaded.get)
                 full = pair.mapping.megatron_to_hf(local_tensor, module)
                 for name, t in full.items() if writes else ():
-                    writer.add(name, t.to(device="cpu", dtype=_target_dtype(name, ref, meta, dtype)))
+                    t = t.to(device="cpu", dtype=targets[name])
+                    writer.add(name, t)
                     report.tensors += 1
+                    bar.update(t.numel() * t.element_size())
+                del full
         if writes:
             writer.close()
             report.bytes = writer.total_bytes

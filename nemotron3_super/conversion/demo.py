@@ -7,18 +7,34 @@ With a GPU the forward passes are compared too.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+DEMO_TMP_PREFIX = "nemotron3-super-demo-"
+
 
 def run_demo(work_dir: str | Path | None = None, echo=print) -> int:  # noqa: ANN001
-    """Returns the exit status: 0 when every tensor came back bit-exact (and compare passed, if run)."""
+    """Returns the exit status: 0 when every tensor came back bit-exact (and compare passed, if run).
+    A temp folder it made itself is removed when the demo stops with an error (it holds nothing
+    worth keeping then); a finished run keeps its files, a mismatch included, for inspection."""
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        return _demo(Path(work_dir), echo)
+    tmp = Path(tempfile.mkdtemp(prefix=DEMO_TMP_PREFIX))
+    try:
+        return _demo(tmp, echo)
+    except BaseException:
+        if tmp.parent == Path(tempfile.gettempdir()) and tmp.name.startswith(DEMO_TMP_PREFIX):  # ours only
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _demo(tmp: Path, echo) -> int:  # noqa: ANN001
     start = time.perf_counter()
-    tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="nemotron3-super-demo-"))
-    tmp.mkdir(parents=True, exist_ok=True)
     from nemotron3_super.architecture import tiny_super
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.commands import export_checkpoint, import_checkpoint

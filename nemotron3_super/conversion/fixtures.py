@@ -2,7 +2,8 @@
 
 transformers 5.12 builds and saves the model, then the folder is made to look like a release:
 ``backbone.embeddings`` (it writes ``embedding``), the MTP block added (it writes no ``mtp.*``; names and
-shapes from :meth:`SuperArchitecture.hf_tensors`), router correction biases kept FP32 (it casts them).
+shapes from :meth:`SuperArchitecture.hf_tensors`), router correction biases kept FP32 (it casts them), and
+a byte-level tokenizer (``demo_tokenizer``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from nemotron3_super.architecture import SuperArchitecture, nano_30b_a3b, tiny_super
+from nemotron3_super.conversion.demo_tokenizer import write_demo_tokenizer
 from nemotron3_super.conversion.hf_io import HF_NAME_ALIASES
 from nemotron3_super.hf_layout import FP32_HF_SUFFIX
 
@@ -86,7 +88,28 @@ def write_tiny_checkpoint(arch: SuperArchitecture, folder: str | Path, *, dtype:
     model, fp32 = tiny_hf_model(arch, dtype, seed)
     model.save_pretrained(folder)
     release_style(folder, arch, fp32, dtype=dtype, seed=seed, fp32_router_weight=fp32_router_weight)
+    write_demo_tokenizer(folder, arch.vocab_size)  # the host's tools load one (AutoBridge.import_ckpt)
     return folder
 
 
 PRESETS = {"tiny_super": tiny_super, "tiny_nano": tiny_nano}
+
+
+def write_synthetic_checkpoint(arch: SuperArchitecture, folder: str | Path, *, shard_bytes: int,
+                               seed: int = 0) -> int:
+    """Released-style folder straight from ``arch.hf_tensors()`` (random values, no transformers model in
+    memory: any size fits), ``shard_bytes`` per shard; returns the weight bytes. For benchmarks and the
+    memory test; :func:`write_tiny_checkpoint` is the transformers-checked fixture."""
+    from nemotron3_super.conversion.hf_io import ShardedWriter
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    writer = ShardedWriter(folder, shard_bytes=shard_bytes)
+    gen = torch.Generator().manual_seed(seed)
+    for name, shape in arch.hf_tensors():
+        t = torch.randn(shape, generator=gen) * 0.02
+        writer.add(name, t if name.endswith(FP32_HF_SUFFIX) else t.to(torch.bfloat16))
+        del t
+    writer.close()
+    (folder / "config.json").write_text(json.dumps(arch.to_hf_config_dict({"torch_dtype": "bfloat16"})))
+    return writer.total_bytes

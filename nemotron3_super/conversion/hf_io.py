@@ -30,6 +30,8 @@ SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
                       "F8_E5M2": torch.float8_e5m2}
+_DTYPE_BITS = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
+               "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "U16": 16, "U32": 32, "U64": 64}
 QUANTIZED_DTYPES = {"U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
 SCALE_MARKERS = ("weight_scale", "scale_inv", "input_scale", "_amax")
 MODEL_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -65,15 +67,17 @@ def read_config(folder: Path, allow_quantized: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not found (expected an HF checkpoint folder with config.json)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a JSON {type(config).__name__}, expected an object of config fields")
     archs = config.get("architectures")
     if archs != [HF_ARCHITECTURE]:
         raise CheckpointError(f"{path}: architectures={archs!r}, expected [{HF_ARCHITECTURE!r}] "
                               "(this converter handles the Nemotron-H family only)")
     if config.get("quantization_config") and not allow_quantized:
-        method = config["quantization_config"].get("quant_algo") or config["quantization_config"].get(
-            "quant_method", "?")
+        quant = config["quantization_config"]
+        method = (quant.get("quant_algo") or quant.get("quant_method", "?")) if isinstance(quant, dict) else quant
         raise CheckpointError(f"{path}: quantization_config ({method}) present: quantized checkpoints are "
                               "not read here (`convert import` and `roundtrip` dequantize ModelOpt FP8/NVFP4 "
                               "releases; this command needs the BF16 release).")
@@ -83,7 +87,7 @@ def read_config(folder: Path, allow_quantized: bool = False) -> dict[str, Any]:
 def config_dtype(config: dict[str, Any]) -> torch.dtype:
     """The model dtype config.json names (``torch_dtype``, or transformers 5's ``dtype``; default BF16)."""
     name = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if name not in MODEL_DTYPES:
+    if not isinstance(name, str) or name not in MODEL_DTYPES:
         raise CheckpointError(f"config.json: torch_dtype={name!r}, expected one of {sorted(MODEL_DTYPES)}")
     return MODEL_DTYPES[name]
 
@@ -103,12 +107,53 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             header = json.loads(fh.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, expected an object)")
     header.pop("__metadata__", None)
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    end = check_layout(path, header)
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: truncated safetensors file: tensors need {8 + n + end} bytes, "
                               f"the file has {size}")
+    if 8 + n + end < size:
+        raise CheckpointError(f"{path}: {size - 8 - n - end} bytes after the last tensor that no header entry "
+                              "covers (expected the tensors to fill the file)")
     return header, 8 + n
+
+
+def check_layout(path: Path, header: dict[str, Any]) -> int:
+    """Every entry's dtype known, its byte range the size of its shape, and the ranges tiling the data
+    area from 0 without gap or overlap (as the safetensors library requires: an aliased tensor would
+    otherwise be read as another tensor's bytes). Returns the data area's size in bytes."""
+    spans = []
+    for name, meta in header.items():
+        if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= meta.keys():
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {meta!r}")
+        dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+        width = _DTYPE_BITS.get(dtype)
+        if width is None:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}, which this converter does not "
+                                  f"know (known: {', '.join(sorted(_DTYPE_BITS))})")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r}: corrupt shape {shape!r} or data_offsets {offsets!r}")
+        count = 1
+        for d in shape:
+            count *= d
+        if offsets[1] - offsets[0] != (count * width + 7) // 8 or offsets[0] < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} ({dtype}{shape}) has data_offsets {offsets}, "
+                                  f"expected a range of {(count * width + 7) // 8} bytes")
+        spans.append((offsets[0], offsets[1], name))
+    problems, position = [], 0
+    for begin, stop, name in sorted(spans):  # overlaps (aliased tensors) are named before gaps
+        if begin != position:
+            problems.append((begin > position, f"tensor {name!r} starts at byte {begin} and " + (
+                "overlaps the previous tensor" if begin < position else f"leaves a gap of {begin - position} bytes")
+                + f" (expected {position})"))
+        position = max(position, stop)
+    if problems:
+        raise CheckpointError(f"{path}: {min(problems)[1]}: the header's offsets must tile the data without "
+                              "overlap or gap")
+    return position
 
 
 class HFCheckpoint:

@@ -18,9 +18,17 @@ from nemotron3_super.recipes import LORA_TARGETS
 
 def apply_lora(model: torch.nn.Module, targets: Iterable[str] = LORA_TARGETS, dim: int = 32,
                alpha: int = 32) -> torch.nn.Module:
-    """The host's LoRA (``megatron.bridge.peft.lora.LoRA``) on a built model, TE or not."""
+    """The host's LoRA (``megatron.bridge.peft.lora.LoRA``) on a built model, TE or not. The host's LoRA
+    adapts per-expert linears (SequentialMLP, TE's GroupedLinear), not GroupedMLP's stacked weights: a
+    model with those and expert targets is refused rather than left without expert adapters."""
     from megatron.bridge.peft.lora import LoRA
 
+    from nemotron3_super.grouped_experts import GroupedMLP
+
+    grouped = next((n for n, m in model.named_modules() if isinstance(m, GroupedMLP)), None)
+    if grouped and {"linear_fc1", "linear_fc2"} & set(targets):
+        raise PeftExportError(f"LoRA on routed experts needs per-expert linears, but {grouped} is a GroupedMLP: "
+                              "build the model with moe_grouped_gemm=False (SequentialMLP experts)")
     return LoRA(target_modules=list(targets), dim=dim, alpha=alpha)(model, training=True)
 
 

@@ -11,13 +11,13 @@ Checkpoint layout (megatron-core dist checkpoint, as Megatron-Bridge's import wr
 
 megatron-core's torch_dist *save* stages tensors with a CUDA synchronize and broadcasts its failure flag
 through a CUDA tensor, so it fails on a machine without a GPU driver. :class:`CpuTorchDistSaveStrategy`
-is the same strategy with those two steps done on CPU (a subclass, nothing in megatron-core is patched).
+is the same strategy with those two steps done on CPU (a subclass with ``host_compat.cuda_on_cpu.cpu_save_callbacks``; the
+host's own saves get the same from the ``cpu_torch_dist_save`` host fix, only where there is no CUDA).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,11 +25,11 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.process_groups import cpu_current_device
+from nemotron3_super.host_compat.cuda_on_cpu import cpu_save_callbacks
 
 ITERATION_DIR = "iter_0000000"
 META_FILE = "nemotron3_super.json"
@@ -77,33 +77,24 @@ def build_model(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str = "l
     return model.eval()
 
 
-def _finalize_on_cpu(storage_writer: Any, global_metadata: Any, dist_wrapper: Any) -> None:
-    """megatron-core's ``save_state_dict_async_finalize`` with the failure flag broadcast on CPU."""
-    from torch.distributed.checkpoint import CheckpointException
-    from torch.distributed.checkpoint.utils import _get_failure_dict
-
-    all_results = dist_wrapper.gather_object(storage_writer.retrieve_write_results())
-    failures = {}
-    if dist_wrapper.is_coordinator:
-        failures = _get_failure_dict(all_results)
-        if not failures:
-            storage_writer.finish(global_metadata, all_results)
-    flag = torch.tensor([int(bool(failures))], dtype=torch.int)
-    dist.broadcast(flag, src=dist_wrapper.coordinator_rank, group=dist_wrapper.group)
-    if flag.item():
-        raise CheckpointException("write", failures)
-
-
 class CpuTorchDistSaveStrategy(TorchDistSaveShardedStrategy):
-    """torch_dist save that runs without a GPU: tensors are staged with a blocking copy (no
-    ``torch.cuda.synchronize``) and the write-failure flag travels as a CPU tensor. Same files, same format."""
+    """torch_dist save that runs without a GPU (``host_compat.cuda_on_cpu.cpu_save_callbacks``). Same files, same format."""
 
-    def _get_save_and_finalize_callbacks(self, writer: Any, save_state_dict_ret: Any,
-                                         async_strategy: str) -> AsyncRequest:
-        save_fn, _, save_args = writer.get_save_function_and_args()
-        preload_fn = functools.partial(writer.preload_tensors, writer.write_buckets, False) if save_fn else None
-        return AsyncRequest(save_fn, save_args, [lambda: _finalize_on_cpu(*save_state_dict_ret)],
-                            preload_fn=preload_fn)
+    _get_save_and_finalize_callbacks = cpu_save_callbacks
+
+
+@contextlib.contextmanager
+def one_line_checkpoint_errors(folder: Path) -> Iterator[None]:
+    """torch's ``CheckpointException`` (a ``BaseException`` whose text is every rank's traceback) becomes a
+    ``RuntimeError`` of one line naming ``folder`` and the first cause (e.g. no space left)."""
+    from nemotron3_super.failures import describe, is_checkpoint_exception
+
+    try:
+        yield
+    except BaseException as exc:
+        if is_checkpoint_exception(exc):
+            raise RuntimeError(describe(exc, folder)) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -125,20 +116,22 @@ def in_process_write_results() -> Iterator[None]:
         filesystem_async._results_queue = previous
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None) -> None:
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any], provider: Any = None,
+                    strategy: Any = None) -> None:
     """Write ``model`` as a torch_dist checkpoint under ``path`` (which must exist and be empty).
 
     With ``provider`` (the model's config as a training run would use it), the checkpoint also carries what
     Megatron-Bridge's loaders read (``run_config.yaml``), so ``checkpoint.pretrained_checkpoint`` and the
-    host's ``load_megatron_model`` accept it."""
+    host's ``load_megatron_model`` accept it. ``strategy``: the torch_dist save strategy (default: the
+    in-memory model's; conversion passes a streaming one, see ``conversion/streaming.py``)."""
     ckpt_dir = path / ITERATION_DIR
     if dist.get_rank() == 0:
         ckpt_dir.mkdir()
     dist.barrier()
-    strategy = CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
+    strategy = strategy or CpuTorchDistSaveStrategy("torch_dist", 1)  # the model is on CPU here, GPU or not
     # checkpoint_version 3.0 and iteration 0 go to common.pt as in the host's checkpoints (an absent
     # version reads as 0 there, a legacy layout)
-    with in_process_write_results():
+    with in_process_write_results(), one_line_checkpoint_errors(ckpt_dir):
         dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 0},
                                 str(ckpt_dir), sharded_strategy=strategy, async_sharded_save=False)
     if dist.get_rank() == 0:
@@ -183,13 +176,30 @@ def run_provider(arch: SuperArchitecture, dtype: torch.dtype, spec_impl: str, tp
     return SuperModelProvider.from_architecture(arch, spec_impl=spec_impl, **_provider_fields(arch, dtype, tp, ep, pp))
 
 
+def checkpoint_root(path: Path) -> Path:
+    """The checkpoint folder for ``path`` given as the folder or as its ``iter_0000000/`` (the host's tools
+    and the upstream page use the latter)."""
+    if path.name == ITERATION_DIR and not (path / ITERATION_DIR).is_dir() and (path.parent / ITERATION_DIR).is_dir():
+        return path.parent
+    return path
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """Our metadata file of a checkpoint written by ``convert import`` (names the problem when absent)."""
     meta_path = path / META_FILE
     if not (path / ITERATION_DIR).is_dir():
         raise FileNotFoundError(f"{path}: no {ITERATION_DIR}/ (expected a checkpoint written by "
                                 "`nemotron3-super convert import`)")
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: corrupt ({exc}); expected the JSON `convert import` writes "
+                         "(re-run the import)") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: a JSON {type(meta).__name__}, expected an object (re-run the import)")
+    return meta
 
 
 def checkpoint_dtypes(path: Path) -> dict[str, torch.dtype]:
@@ -198,9 +208,34 @@ def checkpoint_dtypes(path: Path) -> dict[str, torch.dtype]:
             if hasattr(v, "dtype")}
 
 
+def check_data_files(path: Path) -> None:
+    """Every ``.distcp`` file the checkpoint's metadata refers to exists and is long enough."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folder = path / ITERATION_DIR
+    try:
+        storage = FileSystemReader(str(folder)).read_metadata().storage_data
+    except Exception as exc:  # noqa: BLE001 - named in one line
+        raise ValueError(f"{folder}/.metadata: cannot read the checkpoint's metadata ({type(exc).__name__}: "
+                         f"{exc})") from None
+    need: dict[str, int] = {}
+    for info in storage.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        file = folder / name
+        if not file.is_file():
+            raise ValueError(f"{file}: missing (the checkpoint's metadata lists it; copy the whole checkpoint)")
+        if file.stat().st_size < size:
+            raise ValueError(f"{file}: truncated ({file.stat().st_size} bytes, the checkpoint's metadata needs "
+                             f"{size})")
+
+
 def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     """Load a torch_dist checkpoint into ``model``; parameters stored wider than the model keeps them
-    (e.g. Nano's FP32 router weight) get the stored dtype first, so nothing is rounded."""
+    (e.g. Nano's FP32 router weight), or in another format of the same width (an FP16 tensor of a BF16
+    checkpoint), get the stored dtype first, so nothing is rounded. The data files are checked against
+    the checkpoint's metadata first, so a missing or truncated ``.distcp`` is named."""
+    check_data_files(path)
     stored = checkpoint_dtypes(path)
     params = {id(t): (n, t) for n, t in [*model.named_parameters(), *model.named_buffers()]}
     sharded = model.sharded_state_dict()
@@ -209,11 +244,12 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
         key = getattr(sh, "key", None)
         if data is None or key not in stored or id(data) not in params:
             continue
-        if stored[key].itemsize <= data.dtype.itemsize:  # narrower or equal: load_state_dict's cast is exact
-            continue
+        if stored[key] == data.dtype or stored[key].itemsize < data.dtype.itemsize:  # the cast is exact
+            continue  # (a same-width other format, e.g. FP16 in a BF16 model, would round: kept as stored)
         params[id(data)][1].data = torch.empty_like(data, dtype=stored[key])
-    state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path / ITERATION_DIR),
-                                    strict="raise_all")
+    with one_line_checkpoint_errors(path / ITERATION_DIR):
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path / ITERATION_DIR),
+                                        strict="raise_all")
     result = model.load_state_dict(state["model"], strict=False)
     missing_keys = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing_keys or result.unexpected_keys:

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from nemotron3_super.host_compat.cuda_on_cpu import cpu_as_current_device
+
 
 DEVICES = ("cpu", "cuda")
 
@@ -83,9 +85,5 @@ def cpu_current_device() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    original = torch.cuda.current_device
-    torch.cuda.current_device = torch.get_default_device
-    try:
+    with cpu_as_current_device():
         yield
-    finally:
-        torch.cuda.current_device = original

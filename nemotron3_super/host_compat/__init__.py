@@ -10,13 +10,14 @@ with an ``install()`` and list it in :data:`FIXES`.
 
 from __future__ import annotations
 
-from nemotron3_super.host_compat import dataset_helpers, lora_te_flags, mamba_stub, optimizer_resume, te_import
+from nemotron3_super.host_compat import (cuda_on_cpu, dataset_helpers, lora_te_flags, mamba_stub, optimizer_resume,
+                                         te_import, warning_filters)
 from nemotron3_super.host_compat.te_import import have_transformer_engine
 
 __all__ = ["apply_host_fixes", "have_transformer_engine"]  # the one entry point, and the one query others use
 
 # Each module's install() registers its fix (cheap, idempotent).
-FIXES = (te_import, mamba_stub, lora_te_flags, optimizer_resume, dataset_helpers)
+FIXES = (te_import, mamba_stub, lora_te_flags, optimizer_resume, dataset_helpers, warning_filters, cuda_on_cpu)
 
 _applied = False
 

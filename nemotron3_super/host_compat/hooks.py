@@ -85,3 +85,11 @@ def replace_source(name: str, transform: Callable[[str], str]) -> None:
     a module already imported)."""
     _SOURCE[name] = transform
     _install_finder()
+
+
+def forget(name: str, fix: Fix) -> None:
+    """Undo :func:`after_import` for ``fix`` (if it has not run yet it will not; tests that install
+    into the host explicitly use this through ``nemotron3_super.activation.uninstall``)."""
+    fixes = _AFTER.get(name, [])
+    if fix in fixes:
+        fixes.remove(fix)

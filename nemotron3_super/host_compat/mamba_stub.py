@@ -18,6 +18,11 @@ from typing import Any
 STUBBED = "selective_scan_cuda"
 
 
+class Mamba1Missing(AttributeError, RuntimeError):
+    """Use of the stand-in. An AttributeError, so ``hasattr()`` says False: ``torch.compile`` (which
+    megatron-core's MoE router uses) probes every loaded module and failed on a plain RuntimeError."""
+
+
 class _StubLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None
@@ -26,8 +31,8 @@ class _StubLoader(importlib.abc.Loader):
         def __getattr__(name: str) -> Any:  # noqa: N807 - module-level __getattr__
             if name.startswith("__"):
                 raise AttributeError(name)
-            raise RuntimeError(f"{STUBBED}.{name}: the Mamba-1 CUDA extension is not built "
-                               "(Nemotron-H uses Mamba-2 only)")
+            raise Mamba1Missing(f"{STUBBED}.{name}: the Mamba-1 CUDA extension is not built "
+                                "(Nemotron-H uses Mamba-2 only)")
 
         module.__getattr__ = __getattr__  # type: ignore[attr-defined]
 

@@ -80,8 +80,10 @@ def test_export_loads_in_transformers_with_identical_logits(converted, shape: st
     assert torch.isfinite(logits[0]).all() and torch.equal(logits[0], logits[1])
 
 
-def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
-    """dist_checkpointing.load straight into a freshly built provider model (no code of ours on the path)."""
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped-experts", "sequential-experts"])
+def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted, grouped: bool) -> None:
+    """dist_checkpointing.load straight into a freshly built provider model (no code of ours on the path),
+    with either expert module (the checkpoint was written with the default, grouped)."""
     from megatron.core import dist_checkpointing
 
     from nemotron3_super.conversion.hf_io import HFCheckpoint
@@ -91,7 +93,7 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
     paths = converted["tiny_super"]
     hf = HFCheckpoint(paths["hf"])
     with single_process_group():
-        model = build_model(hf.arch, torch.bfloat16)
+        model = build_model(hf.arch, torch.bfloat16, moe_grouped_gemm=grouped)
         state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(paths["megatron"] / "iter_0000000"))
         model.load_state_dict(state["model"], strict=False)
     params = dict(model.state_dict())
@@ -99,8 +101,9 @@ def test_megatron_checkpoint_loads_in_a_fresh_host_model(converted) -> None:
     assert torch.equal(params["mtp.layers.0.eh_proj.weight"], hf.get("mtp.layers.0.eh_proj.weight"))
     bias = params["mtp.layers.0.mtp_model_layer.layers.1.mlp.router.expert_bias"]
     assert bias.dtype == torch.float32 and torch.equal(bias, hf.get("mtp.layers.1.mixer.gate.e_score_correction_bias"))
-    assert torch.equal(params["decoder.layers.1.mlp.experts.local_experts.7.linear_fc2.weight"],
-                       hf.get("backbone.layers.1.mixer.experts.7.down_proj.weight"))
+    expert = (params["decoder.layers.1.mlp.experts.linear_fc2_weight"][7] if grouped
+              else params["decoder.layers.1.mlp.experts.local_experts.7.linear_fc2.weight"])
+    assert torch.equal(expert, hf.get("backbone.layers.1.mixer.experts.7.down_proj.weight"))
     assert (Path(paths["megatron"]) / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
 
 
@@ -179,6 +182,34 @@ def test_cli_roundtrip_from_existing_checkpoint(converted, capsys: pytest.Captur
     assert "IDENTICAL (every tensor bit-exact)" in out and "MTP tensors: 32" in out
 
 
+def test_export_one_tensor_per_load_is_bit_exact(converted, tmp_path: Path) -> None:
+    """Streaming export loads a group of tensors at a time; groups of one tensor split a layer's experts
+    (one checkpoint key) over many loads, which megatron-core's legacy expert layout cannot load alone."""
+    from nemotron3_super.conversion.audit import audit
+    from nemotron3_super.conversion.commands import export_checkpoint
+
+    paths = converted["tiny_super"]
+    export_checkpoint(paths["hf"], paths["megatron"], tmp_path / "x", group_bytes=1)
+    report = audit(paths["hf"], tmp_path / "x")
+    assert report.ok and report.mtp_tensors == 32, report.render()
+
+
+def test_cli_progress_is_ten_lines_off_a_terminal_and_quiet_silences_it(converted, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from nemotron3_super.cli import main
+
+    paths = converted["tiny_super"]
+    args = ["convert", "export", "--hf-model", str(paths["hf"]), "--megatron-path", str(paths["megatron"])]
+    assert main([*args, "--hf-path", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.startswith("export:")]
+    assert len(lines) == 10 and "136/136 tensors" in lines[-1] and "B/s" in lines[-1], out.err[-2000:]
+    assert "convert export:" in out.out  # the report stays on stdout
+    assert main([*args, "--hf-path", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "export:" not in out.err and "convert export:" in out.out
+
+
 def test_cli_export_refuses_non_empty_output(converted, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nemotron3_super.cli import main
 
@@ -234,7 +265,7 @@ def _broken(src: Path, dst: Path, how: str) -> Path:
     ("truncated", r"model.safetensors: truncated safetensors file"),
     ("fp8", r"in_proj.weight' is F8_E4M3\[328, 128\]: a quantized \(NVFP4/FP8\) checkpoint"),
     ("architecture", r"config.json: architectures=\['NemotronForCausalLM'\], expected \['NemotronHForCausalLM'\]"),
-    ("nvfp4", r"quantization_config \(NVFP4\) present: quantized checkpoints are refused"),
+    ("nvfp4", r"declares quant_algo=NVFP4 but no tensor is quantized \(no weight_scale anywhere\)"),
 ])
 def test_bad_input_is_named_and_leaves_no_output(converted, tmp_path: Path, how: str, needle: str) -> None:
     from nemotron3_super.conversion.commands import import_checkpoint

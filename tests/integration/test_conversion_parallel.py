@@ -15,8 +15,9 @@ import yaml
 pytestmark = pytest.mark.slow  # needs mamba-ssm (installed by .ci/env.sh): megatron-core's MambaMixer needs it to build
 
 
-def torchrun(*cli_args: str) -> str:
-    """``nemotron3-super`` on 2 ranks; returns the output, fails the test with it on a non-zero exit."""
+def torchrun(*cli_args: str) -> subprocess.CompletedProcess:
+    """``nemotron3-super`` on 2 ranks; returns the finished process, fails the test with its output on a
+    non-zero exit."""
     with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -24,7 +25,7 @@ def torchrun(*cli_args: str) -> str:
            "-m", "nemotron3_super.cli", *cli_args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,10 @@ def test_sharded_import_exports_bit_exact(tiny_hf: Path, tmp_path: Path, layout:
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.commands import export_checkpoint
 
-    out = torchrun("convert", "import", "--hf-model", str(tiny_hf), "--megatron-path", str(tmp_path / "m"), *layout)
-    assert out.count("convert import:") == 1  # rank 0 reports
+    run = torchrun("convert", "import", "--hf-model", str(tiny_hf), "--megatron-path", str(tmp_path / "m"), *layout)
+    assert run.stdout.count("convert import:") == 1  # rank 0 reports
+    progress = [line for line in run.stderr.splitlines() if line.startswith("import:")]
+    assert len(progress) == 10 and progress[-1].startswith("import: 100%"), run.stderr[-3000:]  # rank 0 only
     assert len(list((tmp_path / "m" / "iter_0000000").glob("__*_0.distcp"))) == 2  # one file per rank
     model = yaml.safe_load((tmp_path / "m" / "iter_0000000" / "run_config.yaml").read_text())["model"]
     layout_fields = {"--tp": "tensor_model_parallel_size", "--ep": "expert_model_parallel_size",

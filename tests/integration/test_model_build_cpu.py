@@ -49,8 +49,7 @@ def megatron_count(model: torch.nn.Module) -> int:
 
 def test_tiny_super_builds_with_local_spec(cpu_build) -> None:
     from megatron.core.models.hybrid.hybrid_model import HybridModel
-    from megatron.core.transformer.moe.experts import SequentialMLP
-
+    from nemotron3_super.grouped_experts import GroupedMLP
     from nemotron3_super.layer_specs import LatentMoELayer, LocalDuplicatedLinear, SuperHybridStack
 
     arch = tiny_super()
@@ -61,7 +60,9 @@ def test_tiny_super_builds_with_local_spec(cpu_build) -> None:
     assert isinstance(model, HybridModel) and isinstance(model.decoder, SuperHybridStack)
     assert isinstance(model.decoder.final_norm, torch.nn.RMSNorm)  # not TENorm
     moe = model.decoder.layers[1].mlp
-    assert isinstance(moe, LatentMoELayer) and isinstance(moe.experts, SequentialMLP)
+    assert isinstance(moe, LatentMoELayer) and isinstance(moe.experts, GroupedMLP)  # the local spec's default
+    assert moe.experts.linear_fc1_weight.shape == (arch.n_routed_experts, arch.moe_intermediate_size,
+                                                   arch.moe_latent_size)
     assert isinstance(moe.fc1_latent_proj, LocalDuplicatedLinear)
     assert moe.fc1_latent_proj.weight.shape == (arch.moe_latent_size, arch.hidden_size)
     assert moe.fc2_latent_proj.weight.shape == (arch.hidden_size, arch.moe_latent_size)

@@ -58,7 +58,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, process_group) -> dict:
     hf = write_tiny_checkpoint(arch, root / "hf", dtype=torch.float32)
     src = HFCheckpoint(hf)
     with parallel_group(1, 1), cpu_current_device():
-        model = build_model(arch, torch.float32)
+        model = build_model(arch, torch.float32, moe_grouped_gemm=False)  # LoRA adapts per-expert linears
         _load_hf_into(model, src)
         model = apply_lora(model)
         gen = torch.Generator().manual_seed(7)

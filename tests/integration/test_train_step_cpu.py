@@ -1,5 +1,6 @@
 """benchmarks/train_step.py end to end on CPU (``--cpu-smoke``): host probe, every row, the interleaved
-paired rounds, the table and the JSON, on real megatron-core models of both implementations.
+paired rounds, the table and the JSON, on real megatron-core models of both implementations, ours with
+both expert modules (``--expert-impl both``).
 
 The GPU is where it measures; this catches a broken script before a device call is spent on it. No Mamba
 layer here: megatron-core's SSD scan is Triton-only.
@@ -26,7 +27,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("train_step") / "report.json"
     cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--hidden", str(HIDDEN), "--pattern", "*E-",
            "--experts", "4", "--topk", "2", "--vocab", "256", "--seq", "32", "--steps", "3", "--warmup", "1",
-           "--json", str(out)]
+           "--expert-impl", "both", "--json", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text()), result.stdout
@@ -34,29 +35,44 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 
 def test_every_row_trains_and_is_reported(smoke: tuple[dict, str]) -> None:
     report, stdout = smoke
-    rows = {(r["impl"], r["shape"]): r for r in report["rows"]}
-    assert set(rows) == {("host", "host-buildable"), ("ours", "host-buildable"), ("ours", "full")}
+    rows = {(r["impl"], r["experts"], r["shape"]): r for r in report["rows"]}
+    assert set(rows) == {("host", None, "host-buildable"), *(("ours", e, s) for e in ("grouped", "sequential")
+                                                              for s in ("host-buildable", "full"))}
     for row in rows.values():
         assert "error" not in row, row.get("trace")
         assert row["mamba_path"] == "fallback" and row["mamba_kernels"] == "no Mamba layers"
         assert row["loss_finite"] and len(row["step_ms"]) == 3
         assert row["tokens_per_s"] > 0 and row["tflops"] > 0
     assert "| host | host-buildable | fallback |" in stdout and "wrote " in stdout
+    assert "| ours (grouped) | full |" in stdout and "| ours (sequential) | full |" in stdout
     assert any("--cpu-smoke" in note for note in report["notes"])
+
+
+def test_expert_modules_train_the_same_model(smoke: tuple[dict, str]) -> None:
+    """Grouped and sequential experts: same parameter count, same initial weights (same seed), so the loss
+    after the warm-up updates agrees to bf16 rounding, and the script says so."""
+    report, stdout = smoke
+    for shape in ("host-buildable", "full"):
+        grouped, sequential = (next(r for r in report["rows"] if (r["experts"], r["shape"]) == (e, shape))
+                               for e in ("grouped", "sequential"))
+        assert grouped["params"] == sequential["params"]
+        assert abs(grouped["loss_first"] - sequential["loss_first"]) <= 1e-2 * abs(sequential["loss_first"])
+    assert "loss after warm-up by expert module, ours @ full, mamba fallback: grouped" in stdout
 
 
 def test_same_shape_rows_differ_only_by_our_final_norm(smoke: tuple[dict, str]) -> None:
     """The host cannot build the final norm without TE; everything else at that shape has the same size."""
-    rows = {(r["impl"], r["shape"]): r for r in smoke[0]["rows"]}
-    host, ours = rows["host", "host-buildable"], rows["ours", "host-buildable"]
+    rows = {(r["impl"], r["experts"], r["shape"]): r for r in smoke[0]["rows"]}
+    host, ours = rows["host", None, "host-buildable"], rows["ours", "grouped", "host-buildable"]
     assert ours["params"] - host["params"] == HIDDEN
     assert ours["flops_per_token"] == host["flops_per_token"]
-    assert ours["ratio_same_shape"] and rows["ours", "full"]["ratio_same_shape"] is False
+    assert ours["ratio_same_shape"] and rows["ours", "grouped", "full"]["ratio_same_shape"] is False
 
 
 def test_paired_rounds_ran_on_both_models(smoke: tuple[dict, str]) -> None:
     report, stdout = smoke
     paired = next(r for r in report["rows"] if r["impl"] == "ours" and r["shape"] == "host-buildable")["paired"]
+    assert not any("paired" in r for r in report["rows"] if r["experts"] == "sequential")  # first module only
     assert "error" not in paired, paired.get("trace")
     assert paired["rounds"] == 3 and len(paired["host_ms"]) == len(paired["ours_ms"]) == 3
     ratios = sorted(h / o for h, o in zip(paired["host_ms"], paired["ours_ms"], strict=True))

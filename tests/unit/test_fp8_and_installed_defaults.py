@@ -62,30 +62,30 @@ def test_unknown_fp8_scaling_is_named() -> None:
         precision_plan(tiny_super(), FP8, fp8_scaling="mx")
 
 
-def _finalized_with_fallback(precision: str, match: str = "", **kwargs):  # noqa: ANN202 - (provider, warnings)
-    """A tiny provider asking for ``precision`` that falls back at ``finalize()`` with a warning matching ``match``."""
+@pytest.mark.parametrize(("precision", "message"), [
+    (FP8, r"precision='fp8' cannot run here: .*(no CUDA GPU|compute capability).*Falling back to precision='bf16'"),
+    (NVFP4, r"precision='nvfp4' cannot run here: .*Falling back to precision='bf16'.*"
+            r"precision_fallback='fp8' runs the FP8 plan instead"),  # the warning names the Hopper option
+])
+def test_unrunnable_precision_falls_back_to_bf16_with_the_reason(precision: str, message: str) -> None:
     from nemotron3_super.provider import PrecisionFallbackWarning, SuperModelProvider
 
-    provider = SuperModelProvider.from_architecture(tiny_super(), precision=precision, **kwargs)
-    with pytest.warns(PrecisionFallbackWarning, match=match) as record:
+    if unsupported_reason(precision) is None:
+        pytest.skip(f"this machine runs {precision}")
+    provider = SuperModelProvider.from_architecture(tiny_super(), precision=precision)
+    with pytest.warns(PrecisionFallbackWarning, match=message):
         provider.finalize()
-    return provider, record
-
-
-@pytest.mark.skipif(unsupported_reason(FP8) is None, reason="this machine runs FP8 (GPU with TE)")
-def test_fp8_falls_back_to_bf16_with_the_reason() -> None:
-    provider, _ = _finalized_with_fallback(FP8, r"precision='fp8' cannot run here: .*(no CUDA GPU|"
-                                                r"compute capability).*Falling back to precision='bf16'")
-    assert provider.precision == BF16 and provider.fp8 is None and provider.quant_recipe is None
+    assert provider.precision == BF16 and provider.fp8 is None and provider.fp4 is None
+    assert provider.quant_recipe is None
 
 
 @pytest.mark.skipif(unsupported_reason(NVFP4) is None, reason="this machine runs NVFP4 (Blackwell with TE)")
-def test_nvfp4_fallback_names_the_fp8_option_and_honours_it() -> None:
-    from nemotron3_super.provider import SuperModelProvider
+def test_nvfp4_falls_back_to_fp8_only_when_asked_and_possible() -> None:
+    from nemotron3_super.provider import PrecisionFallbackWarning, SuperModelProvider
 
-    _finalized_with_fallback(NVFP4, r"Falling back to precision='bf16'.*"
-                                    r"precision_fallback='fp8' runs the FP8 plan instead")
-    asked, record = _finalized_with_fallback(NVFP4, precision_fallback=FP8)
+    asked = SuperModelProvider.from_architecture(tiny_super(), precision=NVFP4, precision_fallback=FP8)
+    with pytest.warns(PrecisionFallbackWarning) as record:
+        asked.finalize()
     if unsupported_reason(FP8) is None:  # Hopper with TE: the FP8 plan runs
         assert asked.precision == FP8 and asked.fp8 == "hybrid"
     else:  # no FP8 here either: BF16, and the warning does not promise FP8

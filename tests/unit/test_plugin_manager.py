@@ -71,3 +71,33 @@ def test_import_target_names_context() -> None:
     with pytest.raises(manager.PluginLoadError, match=r"plugin 'p': recipe 'r': cannot import 'json:nope'"):
         manager.Registration("recipe", "r", "json:nope", "p").load()
     assert manager.Registration("recipe", "r", "json:dumps", "p").load() is json.dumps
+
+
+def test_plugin_set_serial_is_never_reused() -> None:
+    """Case 14: the host adapter's cache key outlives the set; ids would be reused after collection."""
+    import gc
+
+    serials = set()
+    for _ in range(50):
+        serials.add(manager.PluginSet(plugins=[], skipped=[]).serial)
+        gc.collect()
+    assert len(serials) == 50
+
+
+def test_plugin_calling_sys_exit_at_import_is_contained(tmp_path) -> None:  # noqa: ANN001
+    """Case 13: a plugin whose import calls sys.exit() is reported; discovery of the others goes on."""
+    (tmp_path / "exit_plugin.py").write_text("import sys\nsys.exit(3)\n")
+    info = tmp_path / "exit_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: exit-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[megatron_bridge.plugins]\naa_exit = exit_plugin\n")
+    code = ("import json\nfrom nemotron3_super.plugins.manager import load_plugins\n"
+            "s = load_plugins()\nprint(json.dumps({p.name: p.errors for p in s.plugins}))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MEGATRON_BRIDGE_PLUGINS")}
+    env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "SystemExit: 3" in errors["aa_exit"][0]
+    assert errors["nemotron3_super"] == []

@@ -1,0 +1,126 @@
+"""The docs, run as a new user would: every fenced block marked runnable on CPU in README.md, docs/ and
+BENCHMARKS.md is executed against tiny checkpoints, so the docs cannot drift from the code again.
+
+Marker convention (an HTML comment on the line right before the fence; invisible when rendered):
+
+* ``<!-- docs-test: cpu -->``: the block runs as written (``bash`` with ``set -euo pipefail``, or
+  ``python``) from the repository root, as on a fresh clone, with ``nemotron3-super`` on PATH. Blocks of
+  one file run in order and share their outputs, so a later block may use what an earlier one wrote.
+  Placeholders are filled in:
+  ``HF_DIR`` (a tiny Super-shaped HF checkpoint), ``MEG_DIR``, ``OUT_DIR``, ``path/to/config.json``.
+* ``<!-- docs-test: dry-run -->``: every ``torchrun ... -m nemotron3_super.<pretrain|finetune> ARGS``
+  command of the block is checked with ``python -m nemotron3_super.<...> --dry-run --gpus N ARGS``,
+  N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = ("README.md", "docs/RECIPES.md", "BENCHMARKS.md")
+MARK = re.compile(r"^<!--\s*docs-test:\s*(\S+)\s*-->\s*$")
+KINDS = ("cpu", "dry-run")
+LAUNCH_MODULES = ("nemotron3_super.pretrain", "nemotron3_super.finetune")
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Block:
+    doc: str
+    line: int  # 1-based line of the opening fence
+    kind: str
+    lang: str
+    text: str
+
+
+def marked_blocks(doc: str) -> list[Block]:
+    """The marked fenced blocks of ``doc``; a marker without a fence after it is an error."""
+    lines = (REPO / doc).read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        match = MARK.match(line.strip())
+        if not match:
+            continue
+        fence = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        kind = match.group(1)
+        assert kind in KINDS, f"{doc}:{i + 1}: docs-test marker {kind!r}: expected one of {KINDS}"
+        assert fence.startswith("```"), f"{doc}:{i + 1}: docs-test marker not followed by a ``` fence"
+        lang = fence[3:].strip().split()[0] if fence[3:].strip() else ""
+        assert lang in ("bash", "python"), f"{doc}:{i + 2}: marked block language {lang!r}: bash or python"
+        end = next(j for j in range(i + 2, len(lines)) if lines[j].strip().startswith("```"))
+        blocks.append(Block(doc, i + 2, kind, lang, "\n".join(lines[i + 2:end]) + "\n"))
+    return blocks
+
+
+def dry_run_commands(block: Block) -> list[list[str]]:
+    """Each torchrun launch of a dry-run block as ``python -m MODULE --dry-run --gpus N ARGS``."""
+    commands = []
+    for logical in block.text.replace("\\\n", " ").splitlines():
+        words = shlex.split(logical, comments=True)
+        if not words:
+            continue
+        assert words[0] == "torchrun" and "-m" in words, f"{block.doc}:{block.line}: not a torchrun launch: {logical}"
+        m = words.index("-m")
+        module, args = words[m + 1], words[m + 2:]
+        assert module in LAUNCH_MODULES, f"{block.doc}:{block.line}: {module} has no --dry-run"
+        opts = dict(w.lstrip("-").split("=", 1) for w in words[1:m] if w.startswith("--") and "=" in w)
+        gpus = int(opts.get("nnodes", 1)) * int(opts.get("nproc-per-node", 1))
+        commands.append([sys.executable, "-m", module, "--dry-run", "--gpus", str(gpus), *args])
+    assert commands, f"{block.doc}:{block.line}: dry-run block without a torchrun launch"
+    return commands
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nemotron3_super.architecture import tiny_super
+    from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("docs") / "tiny-hf"
+    write_tiny_checkpoint(tiny_super(), folder)
+    return folder
+
+
+def _run(cmd: list[str], block: Block, cwd: Path) -> None:
+    bin_dir = str(Path(sys.executable).parent)  # nemotron3-super, torchrun of this environment
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, (f"{block.doc}:{block.line} ({block.kind} block) failed with exit "
+                                  f"{proc.returncode}:\n{block.text}\n--- stdout\n{proc.stdout[-4000:]}"
+                                  f"\n--- stderr\n{proc.stderr[-4000:]}")
+
+
+def test_markers_are_well_formed() -> None:
+    """Every doc parses, and the docs that promise runnable commands mark some."""
+    found = {doc: marked_blocks(doc) for doc in DOCS}
+    assert found["README.md"] and found["docs/RECIPES.md"] and found["BENCHMARKS.md"]
+    for blocks in found.values():
+        for block in blocks:
+            if block.kind == "dry-run":
+                dry_run_commands(block)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path) -> None:
+    fill = {"path/to/config.json": str(tiny_hf / "config.json"), "HF_DIR": str(tiny_hf),
+            "MEG_DIR": str(tmp_path / "megatron"), "OUT_DIR": str(tmp_path / "hf-out")}
+    for n, block in enumerate(marked_blocks(doc)):
+        if block.kind == "dry-run":
+            for cmd in dry_run_commands(block):
+                _run(cmd, block, tmp_path)
+            continue
+        text = block.text
+        for placeholder, value in fill.items():
+            text = text.replace(placeholder, value)
+        script = tmp_path / f"block{n}.{'sh' if block.lang == 'bash' else 'py'}"
+        script.write_text(("set -euo pipefail\n" if block.lang == "bash" else "") + text)
+        _run(["bash", str(script)] if block.lang == "bash" else [sys.executable, str(script)], block, REPO)
