@@ -45,6 +45,9 @@ class InstallReport:
 
 
 _INSTALLED: dict[tuple[int, str], InstallReport] = {}
+# architecture -> the host's own bridge that a plugin bridge replaced in this process. The dispatch forgets
+# it once replaced, and a later install (another plugin set, `nemotron3-super env`) must still report it.
+_HOST_BRIDGE_REPLACED: dict[str, str] = {}
 
 
 def resolve_bridge_policy(policy: str | None = None) -> str:
@@ -100,6 +103,8 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
     existing = host_bridge_for(architecture)
     if existing is not None and _qualname(existing) == ours:  # installed before (same or another plugin set)
         report.bridges[architecture] = ours
+        if architecture in _HOST_BRIDGE_REPLACED:
+            report.replaced[architecture] = _HOST_BRIDGE_REPLACED[architecture]
         return
     if existing is not None:
         if policy == "error":
@@ -116,6 +121,7 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
         logger.warning("plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
                        reg.plugin, _qualname(existing), ours, architecture)
         report.replaced[architecture] = _qualname(existing)
+        _HOST_BRIDGE_REPLACED.setdefault(architecture, _qualname(existing))
     megatron_model = import_target(reg.metadata["megatron_model"], context=f"plugin {reg.plugin!r}: bridge {architecture!r}")
     deferred = _deferred_bridge(reg, model_bridge.MegatronModelBridge)
     for source in _dispatch_keys(architecture):

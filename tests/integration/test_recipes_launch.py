@@ -68,11 +68,19 @@ def test_cli_errors_name_the_fix(recipes, capsys: pytest.CaptureFixture) -> None
 
     assert main("pretrain", ["--dry-run", "model.hybrid_override_patern=MEME"]) == 2
     assert "did you mean 'model.hybrid_override_pattern'" in capsys.readouterr().err
+    # sizes the user set are kept as given, so a layout that cannot start names every problem
     assert main("pretrain", ["--dry-run", "--gpus", "8", 'model.hybrid_override_pattern="MEME*ME"',
-                             "model.num_layers=7"]) == 2
+                             "model.num_layers=7", "model.pipeline_model_parallel_size=2",
+                             "model.expert_model_parallel_size=32"]) == 2
     err = capsys.readouterr().err
     assert "EP x ETP = 32 x 1 must divide TP x CP x DP = 1 x 1 x 4 = 4" in err
     assert "7 layers do not split evenly over PP=2 stages" in err
+    # sizes the user did not set adapt to the GPUs and the model, and one line says so
+    assert main("pretrain", ["--dry-run", "--gpus", "8", 'model.hybrid_override_pattern="MEME*ME"',
+                             "model.num_layers=7"]) == 0
+    captured = capsys.readouterr()
+    assert "adapted PP 2 -> 1, EP 32 -> 8" in captured.err
+    assert "8 GPUs = TP1 x PP1 x CP1 x DP8; experts EP8" in captured.out
     assert main("pretrain", ["--dry-run", "--gpus", "8", 'model.hybrid_override_pattern="MEME*ME"',
                              "model.num_layers=7", "model.pipeline_model_parallel_size=1",
                              "model.expert_model_parallel_size=8", "train.global_batch_size=64"]) == 0
