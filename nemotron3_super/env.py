@@ -209,13 +209,9 @@ def _bridges(plugin_set: Any) -> Iterable[Row]:
     source = f"from {ENV_BRIDGE_POLICY}" if os.environ.get(ENV_BRIDGE_POLICY) else "default"
     yield Row("decisions", "bridge policy", policy, source)
     report = install_into_host(plugin_set, bridge_policy=policy, recipes=False)
+    notes = report.bridge_notes()
     for arch, bridge in sorted(report.bridges.items()):
-        if arch in report.replaced:
-            detail = f"replaces the host's {report.replaced[arch]}"
-        elif arch in report.kept_host:
-            detail = "the host's own (policy 'host' keeps it)"
-        else:
-            detail = "the host has no bridge of its own for it"
+        detail = notes[arch]
         yield Row("decisions", f"bridge for {arch}", bridge, detail)
 
 

@@ -10,6 +10,7 @@ and dry runs must not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import logging
 import os
@@ -117,20 +118,36 @@ def run_recipe(name: str, overrides: list[str] | tuple[str, ...] = (), *, dry_ru
                        + f" (recipes: {', '.join(RECIPES)})")
     if dry_run and not verbose:  # the host logs INFO lines (and optional-import tracebacks); warnings show
         logging.disable(logging.INFO)
+    from nemotron3_super.plugins.host import replacements_reported_by_caller
+
+    # a dry run's plan states the bridge decision: the host-import hook does not log it before the plan
+    reported = replacements_reported_by_caller() if dry_run else contextlib.nullcontext()
     try:
-        cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
+        with reported:
+            cfg, layout, arch, warnings = _prepare(name, list(overrides), recipe_kwargs, dry_run=dry_run, gpus=gpus)
+            bridges = _bridge_plan() if dry_run else {}
     except (ValueError, ConfigKeyError, FileNotFoundError) as exc:  # LayoutError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         logging.disable(logging.NOTSET)
     if dry_run:
-        print(report(name, cfg, layout, arch, warnings, gpu_memory_gib))
+        print(report(name, cfg, layout, arch, warnings, gpu_memory_gib, bridges=bridges))
         return 0
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     launch(cfg, RECIPES[name].mode)
     return 0
+
+
+def _bridge_plan() -> dict[str, str]:
+    """What :func:`launch` installs into the host: architecture -> "bridge class (where it comes from)"."""
+    from nemotron3_super.plugins.host import install_into_host
+
+    installed = install_into_host()
+    notes = installed.bridge_notes()
+    return {arch: f"{bridge} ({notes[arch]}; policy {installed.bridge_policy!r})"
+            for arch, bridge in sorted(installed.bridges.items())}
 
 
 def _prepare(name: str, overrides: list[str], recipe_kwargs: dict[str, Any], *, dry_run: bool,

@@ -15,10 +15,11 @@ bridge where it has one; ``error`` refuses any overlap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from nemotron3_super.plugins.manager import PluginSet, Registration, import_target, load_plugins
 
@@ -43,11 +44,35 @@ class InstallReport:
     recipes: list[str] = field(default_factory=list)
     allowed_prefixes: list[str] = field(default_factory=list)
 
+    def bridge_notes(self) -> dict[str, str]:
+        """architecture -> one phrase on where its bridge comes from (``env`` rows, the dry-run plan)."""
+        notes = {}
+        for arch in sorted(self.bridges):
+            if arch in self.replaced:
+                notes[arch] = f"replaces the host's {self.replaced[arch]}"
+            elif arch in self.kept_host:
+                notes[arch] = "the host's own (policy 'host' keeps it)"
+            else:
+                notes[arch] = "the host has no bridge of its own for it"
+        return notes
+
 
 _INSTALLED: dict[tuple[int, str], InstallReport] = {}
 # architecture -> the host's own bridge that a plugin bridge replaced in this process. The dispatch forgets
 # it once replaced, and a later install (another plugin set, `nemotron3-super env`) must still report it.
 _HOST_BRIDGE_REPLACED: dict[str, str] = {}
+_REPORTED_BY_CALLER: list[bool] = []  # non-empty: the running command prints the bridge decision itself
+
+
+@contextlib.contextmanager
+def replacements_reported_by_caller() -> Iterator[None]:
+    """Within this block a replaced host bridge is logged at INFO, not WARNING: for commands whose own output
+    states the decision (the dry-run plan), so it is not said twice, once before the plan."""
+    _REPORTED_BY_CALLER.append(True)
+    try:
+        yield
+    finally:
+        _REPORTED_BY_CALLER.pop()
 
 
 def resolve_bridge_policy(policy: str | None = None) -> str:
@@ -118,8 +143,9 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
             report.kept_host[architecture] = _qualname(existing)
             report.bridges[architecture] = _qualname(existing)
             return
-        logger.warning("plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
-                       reg.plugin, _qualname(existing), ours, architecture)
+        logger.log(logging.INFO if _REPORTED_BY_CALLER else logging.WARNING,
+                   "plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
+                   reg.plugin, _qualname(existing), ours, architecture)
         report.replaced[architecture] = _qualname(existing)
         _HOST_BRIDGE_REPLACED.setdefault(architecture, _qualname(existing))
     megatron_model = import_target(reg.metadata["megatron_model"], context=f"plugin {reg.plugin!r}: bridge {architecture!r}")

@@ -43,8 +43,10 @@ def validated_arch(cfg: Any, *, strict: bool = True):
     return arch
 
 
-def report(name: str, cfg: Any, layout: Any, arch: Any, warnings: list[str], gpu_gib: float) -> str:
-    """The dry-run text: model, layout, schedule, data, warnings and the memory table."""
+def report(name: str, cfg: Any, layout: Any, arch: Any, warnings: list[str], gpu_gib: float, *,
+           bridges: dict[str, str] | None = None) -> str:
+    """The dry-run text: model, layout, schedule, data, the conversion bridges the launch installs
+    (``bridges``: architecture -> description), warnings and the memory table."""
     m, sch, opt = cfg.model, cfg.scheduler, cfg.optimizer
     counts = arch.param_counts()
     pattern = arch.hybrid_override_pattern
@@ -73,6 +75,7 @@ def report(name: str, cfg: Any, layout: Any, arch: Any, warnings: list[str], gpu
         f"recompute: {m.recompute_granularity or 'none'} {list(m.recompute_modules or [])}; "
         f"peft: {_describe_peft(cfg.peft)}",
         f"data: {source}; tokenizer {cfg.tokenizer.tokenizer_type} {cfg.tokenizer.tokenizer_model or ''}".rstrip(),
+        *(f"bridge: {a} -> {b}" for a, b in (bridges or {}).items()),
         *(f"warning: {w}" for w in warnings),
         "",
         "per-GPU memory estimate (GiB; formulas and assumptions: nemotron3_super/recipes/memory.py)",

@@ -29,8 +29,8 @@ from nemotron3_super.bridge.pairing import check_coverage, layer_offset, megatro
 from nemotron3_super.conversion.audit import AuditReport, audit
 from nemotron3_super.conversion.hf_io import (COPY_SUFFIXES, REMOTE_CODE_SUFFIXES, SAFETENSORS_DTYPES, CheckpointError,
                                               HFCheckpoint, ShardedWriter, config_dtype)
-from nemotron3_super.conversion.megatron_io import (ITERATION_DIR, build_model, checkpoint_root, read_meta,
-                                                    run_provider, save_checkpoint)
+from nemotron3_super.conversion.megatron_io import (ITERATION_DIR, build_model, check_data_files, checkpoint_root,
+                                                    read_meta, run_provider, save_checkpoint)
 from nemotron3_super.conversion.outputs import check_output, staged_output
 from nemotron3_super.conversion.process_groups import cpu_current_device, parallel_group
 from nemotron3_super.conversion.progress import Progress
@@ -98,12 +98,12 @@ def _widen(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pairs: list
            where: str, real: RealModules) -> list[str]:
     """Megatron tensors whose HF values do not fit the model dtype exactly (e.g. Nano's FP32 router weight)
     take the HF dtype, before the checkpoint is planned. Only pairs with an input wider than the model
-    tensor can lose bits; those (few, small) are converted once here to find out."""
+    tensor, or as wide in another format, can lose bits; those (few, small) are converted once here to find out."""
     widened = []
     for pair in pairs:
         target = tensors[pair.local]
-        if max(src.dtype(h).itemsize for h in pair.hf) <= target.dtype.itemsize:
-            continue
+        if all(d == target.dtype or d.itemsize < target.dtype.itemsize for d in map(src.dtype, pair.hf)):
+            continue  # an exact cast (a same-width other format, FP16 in a BF16 model, is not: checked below)
         converted = _convert_pair(pair, model, target, src, where, real)
         if not torch.equal(converted.to(target.dtype).to(converted.dtype), converted):
             target.data = torch.empty(target.shape, dtype=converted.dtype, device="meta")
@@ -208,6 +208,7 @@ def export_checkpoint(hf_model: str | Path, megatron_path: str | Path, hf_path: 
     if meta.get("hf_config") and SuperArchitecture.from_hf_config(meta["hf_config"]) != ref.arch:
         raise CheckpointError(f"{megatron_path}: imported from a different architecture than "
                               f"{hf_model}/config.json (compare their config.json files)")
+    check_data_files(megatron_path)  # a missing or truncated .distcp is named before any work
     target_path = check_output(hf_path, overwrite, [("--hf-model", hf_model), ("--megatron-path", megatron_path)])
     report, dtype = ConvertReport(str(megatron_path), str(hf_path)), config_dtype(ref.config)
     with parallel_group(tp, ep, device, pp), staged_output(target_path, report.notes, command="convert export",

@@ -246,6 +246,17 @@ def _standalone(sh: ShardedTensor) -> ShardedTensor:
     return replace(sh, data=sh.data.view(local), local_shape=local, prepend_axis_num=0)
 
 
+def _union_over_ranks(keys: set[str]) -> set[str]:
+    """``keys`` of every rank of the default process group (just ``keys`` without one)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return keys
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, sorted(keys))
+    return set().union(*map(set, every))
+
+
 class StreamingLoader:
     """Loads groups of Megatron tensors of a meta-device model from a torch_dist checkpoint into tensors of
     its own, one group in memory at a time (tensors stored wider than the model, e.g. an FP32 router
@@ -265,14 +276,17 @@ class StreamingLoader:
         stored = {k: v.dtype for k, v in self.strategy.load_tensors_metadata(checkpoint_dir).items()
                   if hasattr(v, "dtype")}
         wanted = {sh.key for shards in self._by_owner.values() for sh, _ in shards}
-        if wanted != set(stored):  # as dist_checkpointing.load(strict="raise_all") would refuse
-            missing, extra = sorted(wanted - set(stored)), sorted(set(stored) - wanted)
+        everywhere = _union_over_ranks(wanted)  # a pipeline stage holds only its own layers' keys
+        if wanted - set(stored) or set(stored) - everywhere:  # as dist_checkpointing.load(strict="raise_all")
+            missing, extra = sorted(wanted - set(stored)), sorted(set(stored) - everywhere)
             raise CheckpointError(f"{checkpoint_dir}: checkpoint does not match the model: missing {missing[:10]}, "
                                   f"unexpected {extra[:10]}")
         self.dtypes = {}
-        for owner, shards in self._by_owner.items():  # wider stored dtype wins
-            dtype = max((stored[sh.key] for sh, _ in shards), key=lambda d: d.itemsize)
-            self.dtypes[owner] = dtype if dtype.itemsize > tensors[owner].dtype.itemsize else tensors[owner].dtype
+        for owner, shards in self._by_owner.items():
+            # a stored dtype wider than the model's (Nano's FP32 router), or of the same width in another
+            # format (FP16 in a BF16 model), is kept: a cast to the model's dtype would round
+            dtype, model_dtype = max((stored[sh.key] for sh, _ in shards), key=lambda d: d.itemsize), tensors[owner].dtype
+            self.dtypes[owner] = model_dtype if dtype.itemsize < model_dtype.itemsize else dtype
         self.groups, self._group_of, size = [[]], {}, 0
         for name in order:  # consecutive tensors up to group_bytes per load call (fewer, larger reads)
             if name not in self._by_owner:

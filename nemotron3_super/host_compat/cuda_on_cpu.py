@@ -17,6 +17,11 @@ below is named, installed only when torch sees no CUDA device, idempotent, and a
 - :func:`cpu_torch_dist_save`: megatron-core's torch_dist writer stages tensors with a non-blocking copy
   and ``torch.cuda.synchronize()``, and broadcasts its failure flag as a CUDA tensor; without CUDA it
   stages with a blocking copy and broadcasts on CPU (:func:`cpu_save_callbacks`). Same files, same format.
+- :func:`cpu_seed_in_load_context`: ``load_megatron_model`` (``AutoBridge.export_ckpt``, the host's CPU
+  conversion worker) builds the model inside ``temporary_distributed_context``, which seeds the RNG tracker
+  only when CUDA is present; megatron-core's MambaMixer forks that tracker in ``__init__``, so without CUDA
+  every Mamba model failed with "rng state model-parallel-rng is not added". Seeded here as the host seeds
+  it on a GPU (``model_parallel_cuda_manual_seed(0)``, CPU generator states by fix 2).
 """
 
 from __future__ import annotations
@@ -207,11 +212,31 @@ def cpu_torch_dist_save() -> bool:
                  lambda original: lambda self, *args: cpu_save_callbacks(self, *args))
 
 
+def cpu_seed_in_load_context() -> bool:
+    """Fix 5 (see module docstring). Returns whether it is active."""
+    if not _cuda_missing():
+        return False
+    from megatron.bridge.training import model_load_save
+
+    def make(original: Callable) -> Callable:
+        @contextlib.contextmanager
+        def temporary_distributed_context(*args: Any, **kwargs: Any) -> Iterator[None]:
+            with original(*args, **kwargs):
+                from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+                model_parallel_cuda_manual_seed(0)  # what the host does there when CUDA is present
+                yield
+        return temporary_distributed_context
+
+    return _wrap(model_load_save, "temporary_distributed_context", make)
+
+
 # host module -> the fix for it, run when the host imports that module (hooks.after_import).
 HOOKED = {"megatron.bridge.models.model_provider": cpu_process_group,
           "megatron.core.tensor_parallel.random": cpu_rng_tracker,
           "megatron.core.dist_checkpointing.strategies.torch": cpu_torch_dist_save,
-          "megatron.bridge.training.checkpointing": cpu_rng_state_at_save}
+          "megatron.bridge.training.checkpointing": cpu_rng_state_at_save,
+          "megatron.bridge.training.model_load_save": cpu_seed_in_load_context}
 _HOOKS = {name: (lambda fix: lambda module: fix())(fix) for name, fix in HOOKED.items()}
 
 

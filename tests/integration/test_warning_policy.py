@@ -70,3 +70,7 @@ def test_dry_run_output_starts_with_the_plan() -> None:
     lines = proc.stdout.splitlines()
     start = 1 if lines[0] == host_warnings.summary() else 0
     assert lines[start].startswith("recipe nemotron3_super_pretrain_config"), "\n".join(lines[:10])
+    # the bridge replacement is stated once, in the plan, not logged before it
+    assert "replaces host bridge" not in proc.stdout
+    assert ("bridge: NemotronHForCausalLM -> nemotron3_super.bridge.SuperBridge (replaces the host's "
+            "megatron.bridge.models.nemotronh.nemotron_h_bridge.NemotronHBridge; policy 'plugin')") in lines

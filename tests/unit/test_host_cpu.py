@@ -80,3 +80,25 @@ def test_cpu_torch_dist_save(host_parallel_state, tmp_path) -> None:
     loaded = dist_checkpointing.load({"w": ShardedTensor.from_rank_offsets("w", torch.empty(6), replica_id=0)},
                                      str(tmp_path))
     assert torch.equal(loaded["w"], weight)
+
+
+def test_cpu_seed_in_load_context() -> None:
+    """The host's load context (``load_megatron_model``, ``AutoBridge.export_ckpt``) seeds the tracker on CPU
+    too, so a Mamba layer (which forks it in ``__init__``) builds there."""
+    import torch.distributed as dist
+    from megatron.bridge.training import model_load_save
+    from megatron.core.tensor_parallel import random as mp_random
+
+    from nemotron3_super.host_compat.cuda_on_cpu import cpu_rng_tracker, cpu_seed_in_load_context
+
+    assert cpu_rng_tracker() and cpu_seed_in_load_context() and cpu_seed_in_load_context()  # idempotent
+    if dist.is_initialized():
+        pytest.skip("the host's context starts its own process group")
+    try:
+        with model_load_save.temporary_distributed_context("gloo"):
+            with mp_random.get_cuda_rng_tracker().fork():  # megatron-core's default name, as MambaMixer forks
+                forked = torch.rand(4)
+        assert torch.equal(forked, torch.rand(4, generator=torch.Generator().manual_seed(0 + 2718)))
+        assert not dist.is_initialized(), "the host's context still tears its group down"
+    finally:
+        mp_random.initialize_rng_tracker(force_reset=True)
