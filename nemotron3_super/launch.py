@@ -56,6 +56,17 @@ def launch(cfg: Any, mode: str) -> None:
     entry(cfg, forward_step)
 
 
+def _positive(kind: type) -> Any:
+    """An argparse type: a number of ``kind`` above 0 (argparse names the option and the value)."""
+    def parse(text: str) -> Any:
+        value = kind(text)  # ValueError: argparse says "invalid <kind> value"
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _parser(mode: str) -> argparse.ArgumentParser:
     prog = f"python -m nemotron3_super.{'pretrain' if mode == 'pretrain' else 'finetune'}"
     what = ("Pretrain Nemotron 3 Super (mock data unless --data-blend)" if mode == "pretrain" else
@@ -65,9 +76,9 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                        "train.train_iters=100 (Hydra syntax; see docs/RECIPES.md).")
     p.add_argument("overrides", nargs="*", help="section.field=value")
     p.add_argument("--dry-run", action="store_true", help="print layout + memory estimate, then exit")
-    p.add_argument("--gpus", type=int, help="dry run: world size to plan for (default: the recipe's); "
+    p.add_argument("--gpus", type=_positive(int), help="dry run: world size to plan for (default: the recipe's); "
                                            "launch: must equal torchrun's WORLD_SIZE")
-    p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="per-GPU memory for the fit check")
+    p.add_argument("--gpu-memory-gib", type=_positive(float), default=80.0, help="per-GPU memory for the fit check")
     p.add_argument("--tokenizer", help="HF tokenizer id or local dir (default: Nemotron 3 tokenizer)")
     add_training_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show every host warning and INFO line "

@@ -3,6 +3,8 @@ overrides) and the ``--dry-run`` report: model, layout, schedule, data, warnings
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from nemotron3_super.recipes import RECIPES
@@ -19,6 +21,27 @@ def config_problems(cfg: Any, mode: str, *, launching: bool) -> list[str]:
     if launching and cfg.peft is not None and not cfg.checkpoint.pretrained_checkpoint:
         problems.append("LoRA needs the base weights: checkpoint.pretrained_checkpoint=<Megatron "
                         "checkpoint dir> (convert the HF checkpoint first)")
+    return problems + first_minute_problems(cfg)
+
+
+def first_minute_problems(cfg: Any) -> list[str]:
+    """What a launch would trip over in its first minute, checked by a dry run too: a pretrained checkpoint
+    that is not there, a logger whose package is not installed."""
+    problems = []
+    path = cfg.checkpoint.pretrained_checkpoint
+    if path:
+        folder = Path(path)
+        if not folder.is_dir():
+            problems.append(f"checkpoint.pretrained_checkpoint={path!r}: no such folder (expected a Megatron "
+                            "checkpoint, e.g. written by `nemotron3-super convert import`)")
+        elif not (any(folder.glob("iter_*")) or (folder / "latest_checkpointed_iteration.txt").is_file()
+                  or (folder / ".metadata").is_file()):
+            problems.append(f"checkpoint.pretrained_checkpoint={path!r}: not a Megatron checkpoint (no iter_*/, "
+                            "latest_checkpointed_iteration.txt or .metadata in it)")
+    project = getattr(cfg.logger, "wandb_project", None)
+    if project and importlib.util.find_spec("wandb") is None:
+        problems.append(f"logger.wandb_project={project!r} logs to Weights & Biases, but the wandb package is not "
+                        "installed here: pip install wandb, or leave logger.wandb_project unset")
     return problems
 
 

@@ -30,7 +30,7 @@ class LayoutError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
-        super().__init__("invalid parallel layout:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        super().__init__("the run cannot start as configured:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 @dataclass(frozen=True)

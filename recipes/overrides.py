@@ -6,6 +6,16 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from nemotron3_super.recipes.overrides_check import value_problems
+
+
+class OverrideValueError(ValueError):
+    """Override values that do not fit their fields (one line each, all of them at once)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid override value(s):\n" + "\n".join(f"  - {p}" for p in self.problems))
+
 
 class ConfigKeyError(KeyError):
     """A dotted override names a key the ConfigContainer does not have."""
@@ -34,7 +44,8 @@ def _plain_dict_at(cfg: Any, dotted: str) -> bool:
 
 
 def _check_override_keys(cfg: Any, tree: dict[str, Any], overrides: list[str]) -> None:
-    """Refuse keys the config lacks, suggesting the closest; '+' may add keys to plain dicts only.
+    """Refuse keys the config lacks, suggesting the closest; '+' may add keys to plain dicts only; then
+    values that do not fit their fields (:mod:`nemotron3_super.recipes.overrides_check`).
 
     Without this, Hydra adds a '+key' and the host's applier then skips it with a log line: a typo
     in a 64-GPU launch would silently train with the default.
@@ -63,6 +74,9 @@ def _check_override_keys(cfg: Any, tree: dict[str, Any], overrides: list[str]) -
         if parent and parent in known and known[parent] is None:
             hint += f" ({parent!r} is None in this recipe)"
         raise ConfigKeyError(f"unknown config key {key!r} in override {override.input_line!r}{hint}")
+    problems = value_problems(cfg, parsed)
+    if problems:
+        raise OverrideValueError(problems)
 
 
 def apply_cli_overrides(cfg: Any, overrides: list[str]) -> Any:

@@ -164,13 +164,13 @@ def test_sft_reads_a_local_squad_jsonl_offline(recipes, offline, tmp_path: Path)
 
 @pytest.fixture
 def converted_meta(tmp_path: Path) -> Path:
-    """What `convert import` leaves beside the weights: nemotron3_super.json with the HF config (a dry
-    run reads only that)."""
+    """What `convert import` leaves beside the weights: nemotron3_super.json with the HF config and the
+    iteration folder (a dry run reads only those)."""
     from nemotron3_super.architecture import tiny_super
-    from nemotron3_super.conversion.megatron_io import META_FILE
+    from nemotron3_super.conversion.megatron_io import ITERATION_DIR, META_FILE
 
     ckpt = tmp_path / "tiny_megatron"
-    ckpt.mkdir()
+    (ckpt / ITERATION_DIR).mkdir(parents=True)
     (ckpt / META_FILE).write_text(json.dumps({"format": 1, "hf_config": tiny_super().to_hf_config_dict()}))
     return ckpt
 

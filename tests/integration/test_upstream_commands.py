@@ -101,9 +101,17 @@ TRAINING = [c for c in COMMANDS if "training" in c[0].lower() or "tuning" in c[0
 @pytest.mark.parametrize("heading,nproc,words", TRAINING, ids=[h for h, _, _ in TRAINING])
 def test_training_commands_dry_run(heading: str, nproc: int, words: list[str], values: dict[str, str],
                                    tmp_path: Path) -> None:
-    """As written, on ``nproc`` GPUs (planned): the layout adapts where the page did not set it."""
-    argv = ours(words, {**values, "MEGATRON_PATH": str(tmp_path / "no-checkpoint-needed-for-a-dry-run")})
+    """As written, on ``nproc`` GPUs (planned): the layout adapts where the page did not set it. A dry run
+    checks what the first minute of a launch needs: the pretrained checkpoint is a folder with an iteration
+    in it (the host's, so the recipe's model stays), and the page's wandb logging finds a ``wandb`` package (a
+    stand-in on PYTHONPATH: a dry run only looks it up)."""
+    megatron = tmp_path / "megatron"
+    (megatron / "iter_0000000").mkdir(parents=True)
+    (tmp_path / "site" / "wandb").mkdir(parents=True)
+    (tmp_path / "site" / "wandb" / "__init__.py").write_text("raise ImportError('stand-in: not for import')\n")
+    argv = ours(words, {**values, "MEGATRON_PATH": str(megatron)})
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, *argv, "--dry-run", "--gpus", str(nproc)], capture_output=True,
                           text=True, timeout=1800, env=env)
     assert proc.returncode == 0, f"{heading}: {proc.stderr[-3000:]}"
