@@ -25,7 +25,8 @@ HEADER = 'import pluggy\nhookimpl = pluggy.HookimplMarker("megatron_bridge_plugi
 
 def make_plugin_dist(root: Path, dist: str, module: str, body: str, *, entry_point: str | None = None) -> Path:
     """A source tree for distribution ``dist`` (version ``9.9.<len(dist)>``) whose package ``module`` has
-    :data:`HEADER` + ``body`` as its ``__init__.py`` and is declared as entry point ``entry_point`` (default: ``module``)."""
+    :data:`HEADER` + ``body`` as its ``__init__.py`` and is declared as entry point ``entry_point`` (default:
+    ``module``)."""
     src = root / dist
     (src / module).mkdir(parents=True)
     (src / module / "__init__.py").write_text(HEADER + textwrap.dedent(body))
@@ -56,7 +57,8 @@ def install_env(tmp: Path, sources: list[Path]) -> dict[str, Path]:
     """A fresh venv under ``tmp`` with this library and ``sources`` installed as wheels; its python and CLI."""
     wheels = tmp / "wheels"
     for src in (REPO, *sources):
-        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)])
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+             str(src)])
     env_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = env_dir / "bin" / "python"
