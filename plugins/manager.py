@@ -306,7 +306,8 @@ def _refuse_clashes(plugins: list[PluginInfo]) -> list[Clash]:
     for (kind, name), owners in claims.items():
         if len(owners) < 2:
             continue
-        clashes.append(Clash(kind, name, tuple(Claim(i.label, i.distribution, i.version, r.target) for i, r in owners)))
+        claims_of_name = tuple(Claim(i.label, i.distribution, i.version, r.target) for i, r in owners)
+        clashes.append(Clash(kind, name, claims_of_name))
         for info, reg in owners:
             info.registrations.remove(reg)
     return clashes

@@ -49,11 +49,10 @@ def is_selected(name: str, distribution: str | None, allowed: set[str] | None, d
 
 
 def unmatched(value: str | None, installed: Iterable[tuple[str, str | None]]) -> list[str]:
-    """The items of ``value`` (without their ``-``) that designate no installed (name, distribution)."""
-    allowed, denied = parse_selection(value)
+    """The items of ``value``, as written (``-`` included), that designate no installed (name, distribution)."""
     installed = list(installed)
-    items = sorted((allowed or set()) | denied)
-    return [item for item in items if not any(matches(item, n, d) for n, d in installed)]
+    items = dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip())
+    return [item for item in items if not any(matches(item.removeprefix("-"), n, d) for n, d in installed)]
 
 
 def describe_unmatched(value: str, items: list[str], installed: Iterable[tuple[str, str | None]]) -> str:
@@ -70,17 +69,21 @@ def describe_unmatched(value: str, items: list[str], installed: Iterable[tuple[s
 
 def _hint(item: str, names: list[str]) -> str:
     """`` (did you mean 'x'?)`` for a wrong case, a near miss or another separator; else ``""``."""
-    name, at, dist = item.partition("@")
-    parts = [p for p in _OTHER_SEPARATORS.split(name) if p]
-    if len(parts) > 1:  # "a;b": a separator other than ','
-        fixed = [_closest(p, names) or p for p in parts]
-        return f" (did you mean {','.join(fixed)!r}?)"
-    closest = _closest(name, names)
-    if closest is not None and closest != name:
-        return f" (did you mean {closest + at + dist!r}?)"
-    if closest == name and at:
+    parts = [p for p in _OTHER_SEPARATORS.split(item) if p]
+    fixed = ",".join(_fix(part, names) for part in parts)
+    if fixed != item:
+        return f" (did you mean {fixed!r}?)"
+    name, at, dist = item.removeprefix("-").partition("@")
+    if at and name in names:
         return f" (no distribution {dist!r} declares {name!r})"
     return ""
+
+
+def _fix(item: str, names: list[str]) -> str:
+    """``item`` with its entry-point name replaced by the closest installed one (sign and distribution kept)."""
+    sign = "-" if item.startswith("-") else ""
+    name, at, dist = item.removeprefix("-").partition("@")
+    return sign + (_closest(name, names) or name) + at + dist
 
 
 def _closest(name: str, names: list[str]) -> str | None:

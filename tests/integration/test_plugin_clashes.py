@@ -158,7 +158,7 @@ def test_everything_installed(plugin_env: dict[str, Path]) -> None:
         ("nonexistent", ["nonexistent"], "'nonexistent'; installed plugins"),
         ("Nemotron3_Super", ["Nemotron3_Super"], "'Nemotron3_Super' (did you mean 'nemotron3_super'?)"),
         ("nemotron3_super;aa_x", ["nemotron3_super;aa_x"], "(did you mean 'nemotron3_super,aa_x'?)"),
-        ("-half_brige", ["half_brige"], "'half_brige' (did you mean 'half_bridge'?)"),
+        ("-half_brige", ["-half_brige"], "'-half_brige' (did you mean '-half_bridge'?)"),
         ("aa_x,nemotron3_super@nemotron3_supr", ["nemotron3_super@nemotron3_supr"],
          "(no distribution 'nemotron3_supr' declares 'nemotron3_super')"),
     ],

@@ -129,7 +129,10 @@ INSTALLED = [("aa_x", "aa-x"), ("nemotron3_super", "nemotron3-super"), ("nemotro
         ("nonexistent", ["nonexistent"], "'nonexistent'; installed"),
         ("NEMOTRON3_SUPER", ["NEMOTRON3_SUPER"], "'NEMOTRON3_SUPER' (did you mean 'nemotron3_super'?)"),
         ("nemotron3_super; AA_X", ["nemotron3_super; AA_X"], "(did you mean 'nemotron3_super,aa_x'?)"),
-        ("-nemotron_super", ["nemotron_super"], "'nemotron_super' (did you mean 'nemotron3_super'?)"),
+        ("-nemotron_super", ["-nemotron_super"], "'-nemotron_super' (did you mean '-nemotron3_super'?)"),
+        ("-", ["-"], "'-'; installed"),
+        ("aa_x;-nemotron_super@foreign", ["aa_x;-nemotron_super@foreign"],
+         "(did you mean 'aa_x,-nemotron3_super@foreign'?)"),
         ("aa_x@nope", ["aa_x@nope"], "(no distribution 'nope' declares 'aa_x')"),
     ],
 )
