@@ -153,21 +153,15 @@ def test_everything_installed(plugin_env: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("selection", "unmatched", "hint"),
-    [
-        ("nonexistent", ["nonexistent"], "'nonexistent'; installed plugins"),
-        ("Nemotron3_Super", ["Nemotron3_Super"], "'Nemotron3_Super' (did you mean 'nemotron3_super'?)"),
-        ("nemotron3_super;aa_x", ["nemotron3_super;aa_x"], "(did you mean 'nemotron3_super,aa_x'?)"),
-        ("-half_brige", ["-half_brige"], "'-half_brige' (did you mean '-half_bridge'?)"),
-        ("aa_x,nemotron3_super@nemotron3_supr", ["nemotron3_super@nemotron3_supr"],
-         "(no distribution 'nemotron3_supr' declares 'nemotron3_super')"),
-    ],
+    ("selection", "hint"),  # the three typos and a deny-list one (more spellings: tests/unit)
+    [("nonexistent", "'nonexistent'; installed plugins"),
+     ("Nemotron3_Super", "'Nemotron3_Super' (did you mean 'nemotron3_super'?)"),
+     ("nemotron3_super;aa_x", "(did you mean 'nemotron3_super,aa_x'?)"),
+     ("-half_brige", "'-half_brige' (did you mean '-half_bridge'?)")],
 )
-def test_selection_matching_no_plugin_is_reported(
-    plugin_env: dict[str, Path], selection: str, unmatched: list[str], hint: str
-) -> None:
+def test_selection_matching_no_plugin_is_reported(plugin_env: dict[str, Path], selection: str, hint: str) -> None:
     data, _, stderr = _listing(plugin_env, selection)
-    assert data["unmatched"] == unmatched
+    assert data["unmatched"] == [selection]
     line = next(line for line in stderr.splitlines() if "names no installed plugin" in line)
     assert line.startswith(f"MEGATRON_BRIDGE_PLUGINS={selection!r} names no installed plugin: ")
     assert hint in line
