@@ -25,8 +25,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     """List discovered plugins, what each registered, and load errors."""
     plugin_set = _plugin_set(args)
     if args.json:
-        print(json.dumps({"plugins": [p.as_dict() for p in plugin_set.plugins], "skipped": plugin_set.skipped},
-                         indent=2))
+        print(json.dumps({"plugins": [p.as_dict() for p in plugin_set.plugins], "skipped": plugin_set.skipped,
+                          "clashes": [c.as_dict() for c in plugin_set.clashes],
+                          "unmatched": plugin_set.unmatched}, indent=2))
     else:
         rows = [("plugin", "distribution", "version", "registered / error")]
         for p in plugin_set.plugins:
@@ -35,6 +36,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         _print_table(rows)
         if plugin_set.skipped:
             print(f"skipped by MEGATRON_BRIDGE_PLUGINS: {', '.join(plugin_set.skipped)}")
+        for line in [c.message() for c in plugin_set.clashes] + [plugin_set.selection_error or ""]:
+            if line:
+                print(line)
     return 0
 
 
@@ -214,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--strict", action="store_true", help="fail on the first plugin that does not load")
+        p.add_argument("--strict", action="store_true", help="exit 2 when a plugin fails to load, two plugins register the same name, "
+                       "or MEGATRON_BRIDGE_PLUGINS names no installed plugin")
         p.set_defaults(func=func)
     env = sub.add_parser("env", help="versions, GPUs and what will run here (paste it into bug reports)")
     env.add_argument("--json", action="store_true", help="machine-readable output")

@@ -219,12 +219,17 @@ def _plugins(plugin_set: Any) -> Iterable[Row]:
     for info in plugin_set.plugins:
         origin = f"{info.distribution or '?'} {info.version or '?'}"
         if info.errors:
-            yield Row("plugins", info.name, "failed to load", f"{origin}: {'; '.join(info.errors)}")
+            yield Row("plugins", info.label, "failed to load", f"{origin}: {'; '.join(info.errors)}")
         else:
             kinds = ", ".join(f"{r.kind}:{r.name}" for r in info.registrations) or "nothing registered"
-            yield Row("plugins", info.name, "loaded", f"{origin}: {kinds}")
+            yield Row("plugins", info.label, "loaded", f"{origin}: {kinds}")
     if plugin_set.skipped:
         yield Row("plugins", "skipped", ", ".join(plugin_set.skipped), "by MEGATRON_BRIDGE_PLUGINS")
+    for clash in plugin_set.clashes:
+        yield Row("plugins", f"{clash.kind} {clash.name}", "clash: refused", clash.message())
+    if plugin_set.selection_error:
+        yield Row("plugins", "MEGATRON_BRIDGE_PLUGINS", "matches no plugin: " + ", ".join(plugin_set.unmatched),
+                  plugin_set.selection_error)
     if not plugin_set.plugins:
         yield Row("plugins", "plugins", "none found", "entry-point group megatron_bridge.plugins")
 

@@ -1,9 +1,10 @@
 """Hook specifications for Megatron-Bridge plugins.
 
 Each hook receives a ``register`` callback instead of returning values, so the host (not the plugin)
-decides what a duplicate means and records who registered what. Targets are given as import paths
-(``"package.module:Attribute"``), so registering, listing and validating plugins imports neither torch
-nor megatron; the host adapter imports a target only when it wires it in.
+decides what a duplicate means and records who registered what: a name that two plugins register is
+given to neither (reported as a clash), and a plugin whose hook raises keeps none of its registrations.
+Targets are given as import paths (``"package.module:Attribute"``), so registering, listing and validating
+plugins imports neither torch nor megatron; the host adapter imports a target only when it wires it in.
 """
 
 from __future__ import annotations

@@ -2,9 +2,14 @@
 
 Properties a host can rely on:
 - isolated: a plugin that fails to import, to register with pluggy, or inside one of its hooks is
-  reported (name, distribution, version, error) and the others still load; ``strict`` re-raises;
+  reported (name, distribution, version, error), keeps none of its registrations, and the others still
+  load; ``strict`` re-raises;
+- no silent winner: a (kind, name) that two plugins register is given to neither and reported with
+  both plugins and distributions; each keeps its other registrations; ``strict`` raises;
+- keyed by (entry-point name, distribution): a second distribution using a name loads beside the first;
 - switchable: ``MEGATRON_BRIDGE_PLUGINS`` unset loads all, ``""`` loads none, ``"a,b"`` loads only
-  those, ``"-a"`` loads all but ``a`` (the escape hatch when one plugin breaks a job);
+  those, ``"-a"`` loads all but ``a`` (the escape hatch when one plugin breaks a job), ``a@dist`` picks one
+  distribution's ``a``; an item matching no installed plugin is reported (see ``selection.py``);
 - idempotent: the result is cached per group and switch, so calling it in every torchrun rank or
   from several places costs one discovery;
 - lazy: only the plugins' hook modules are imported; registrations are import paths, so listing
@@ -18,6 +23,7 @@ import logging
 import os
 import re
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from typing import Any, Callable
@@ -25,10 +31,17 @@ from typing import Any, Callable
 import pluggy
 
 from nemotron3_super.plugins import hookspecs
+from nemotron3_super.plugins.selection import (  # noqa: F401 - parse_selection re-exported
+    ENV_SELECT,
+    describe_unmatched,
+    is_selected,
+    normalize_distribution,
+    parse_selection,
+    unmatched,
+)
 
 logger = logging.getLogger(__name__)
 
-ENV_SELECT = "MEGATRON_BRIDGE_PLUGINS"
 ENV_STRICT = "MEGATRON_BRIDGE_PLUGINS_STRICT"
 
 KINDS = ("model_provider", "bridge", "recipe")
@@ -85,6 +98,12 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: how messages and ``MEGATRON_BRIDGE_PLUGINS`` name it: ``name``, or ``name@distribution`` when two
+    #: distributions declare the same entry-point name
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
 
     @property
     def loaded(self) -> bool:
@@ -102,16 +121,53 @@ class PluginInfo:
         }
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One plugin's registration of a name that another plugin registered too."""
+
+    plugin: str
+    distribution: str | None
+    version: str | None
+    target: str
+
+    def describe(self) -> str:
+        return f"plugin {self.plugin!r} ({_origin(self.distribution, self.version)}: {self.target})"
+
+
+@dataclass(frozen=True)
+class Clash:
+    """Two or more plugins registered the same (kind, name). None of them gets it: which one a host
+    would run must not depend on install order or on how the plugins' names sort."""
+
+    kind: str
+    name: str
+    claims: tuple[Claim, ...]
+
+    def message(self) -> str:
+        deny = " or ".join(f"-{c.plugin}" for c in self.claims)
+        refused = "both" if len(self.claims) == 2 else f"all {len(self.claims)}"
+        return (f"plugin clash: {self.kind} {self.name!r} is registered by "
+                + " and by ".join(c.describe() for c in self.claims)
+                + f"; the name is refused to {refused} (to keep one, deny the others: {ENV_SELECT}={deny})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "plugins": [vars(c) for c in self.claims]}
+
+
 _SERIALS = itertools.count(1)
 
 
 @dataclass
 class PluginSet:
-    """What discovery found: every plugin (loaded or not) and the accepted registrations. ``serial``
-    identifies this set for caches (unlike ``id()``, it is never reused after garbage collection)."""
+    """What discovery found: every plugin (loaded or not), the accepted registrations, the names refused
+    because plugins clash on them, and the ``MEGATRON_BRIDGE_PLUGINS`` items that match no plugin.
+    ``serial`` identifies this set for caches (unlike ``id()``, it is never reused after garbage collection)."""
 
     plugins: list[PluginInfo]
     skipped: list[str]
+    clashes: list[Clash] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    selection_error: str | None = None
     serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
 
     @property
@@ -122,6 +178,11 @@ class PluginSet:
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.errors]
 
+    def problems(self) -> list[str]:
+        """One line each: failed plugins, clashes, selection items matching nothing (strict mode raises them)."""
+        lines = [_describe_failure(info) for info in self.failed] + [c.message() for c in self.clashes]
+        return lines + ([self.selection_error] if self.selection_error else [])
+
     def of_kind(self, kind: str) -> list[Registration]:
         return [r for r in self.registrations if r.kind == kind]
 
@@ -130,19 +191,8 @@ class PluginSet:
             if reg.name == name:
                 return reg
         known = ", ".join(sorted(r.name for r in self.of_kind(kind))) or "none"
-        raise KeyError(f"no {kind} named {name!r} is registered by any plugin (registered: {known})")
-
-
-def parse_selection(value: str | None) -> tuple[set[str] | None, set[str]]:
-    """``MEGATRON_BRIDGE_PLUGINS`` -> (allowed names or None for all, denied names)."""
-    if value is None:
-        return None, set()
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    denied = {n[1:] for n in names if n.startswith("-")}
-    allowed = {n for n in names if not n.startswith("-")}
-    if not names:  # set but empty: load none
-        return set(), set()
-    return (allowed or None), denied
+        clash = next((f"; {c.message()}" for c in self.clashes if (c.kind, c.name) == (kind, name)), "")
+        raise KeyError(f"no {kind} named {name!r} is registered by any plugin (registered: {known}){clash}")
 
 
 def _strict_from_env() -> bool:
@@ -155,7 +205,10 @@ _CACHE: dict[tuple[str, str | None], PluginSet] = {}
 def load_plugins(
     *, group: str = hookspecs.ENTRY_POINT_GROUP, strict: bool | None = None, refresh: bool = False
 ) -> PluginSet:
-    """Discover plugins of ``group`` and collect their registrations (cached; ``refresh`` rediscovers)."""
+    """Discover plugins of ``group`` and collect their registrations (cached; ``refresh`` rediscovers).
+
+    Strict (argument, else ``MEGATRON_BRIDGE_PLUGINS_STRICT``): any of :meth:`PluginSet.problems` raises.
+    """
     strict = _strict_from_env() if strict is None else strict
     selection = os.environ.get(ENV_SELECT)
     key = (group, selection)
@@ -164,49 +217,54 @@ def load_plugins(
     else:
         result = _discover(group, selection)
         _CACHE[key] = result
-    if strict and result.failed:
-        raise PluginLoadError("; ".join(_describe_failure(info) for info in result.failed))
+    if strict and result.problems():
+        raise PluginLoadError("; ".join(result.problems()))
     return result
 
 
+def _origin(distribution: str | None, version: str | None) -> str:
+    return f"{distribution} {version}" if distribution else "unknown distribution"
+
+
 def _describe_failure(info: PluginInfo) -> str:
-    origin = f"{info.distribution} {info.version}" if info.distribution else "unknown distribution"
-    return f"plugin {info.name!r} ({origin}, module {info.module}) failed: " + "; ".join(info.errors)
+    return (f"plugin {info.label!r} ({_origin(info.distribution, info.version)}, module {info.module}) failed: "
+            + "; ".join(info.errors))
+
+
+def _entry_points(group: str) -> list[tuple[metadata.EntryPoint, str | None, str | None]]:
+    """(entry point, distribution, version), in a fixed order: name, then distribution."""
+    found = []
+    for ep in metadata.entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        found.append((ep, dist.name if dist else None, dist.version if dist else None))
+    return sorted(found, key=lambda e: (e[0].name, normalize_distribution(e[1]), e[0].value))
 
 
 def _discover(group: str, selection: str | None) -> PluginSet:
+    """Plugins are keyed by (entry-point name, distribution): a second distribution declaring a name
+    already in use loads beside the first, it does not displace it."""
     allowed, denied = parse_selection(selection)
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    plugins: dict[str, PluginInfo] = {}
+    found = _entry_points(group)
+    names = Counter(ep.name for ep, _, _ in found)
+    plugins: list[PluginInfo] = []
     skipped: list[str] = []
-    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
-        if (allowed is not None and ep.name not in allowed) or ep.name in denied:
-            skipped.append(ep.name)
+    for ep, dist, version in found:
+        label = ep.name if names[ep.name] == 1 else f"{ep.name}@{dist}"
+        if not is_selected(ep.name, dist, allowed, denied):
+            skipped.append(label)
             continue
-        dist = getattr(ep, "dist", None)
-        info = PluginInfo(
-            name=ep.name,
-            distribution=dist.name if dist else None,
-            version=dist.version if dist else None,
-            module=ep.value,
-        )
-        if ep.name in plugins:
-            info.errors.append(f"entry point name {ep.name!r} is already used by {plugins[ep.name].distribution}")
-            plugins[f"{ep.name}@{info.distribution}"] = info
-            continue
-        plugins[ep.name] = info
-        try:
-            module = ep.load()
-            pm.register(module, name=ep.name)
-            pm.check_pending()  # a hookimpl with no matching spec is a plugin bug, not silence
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolation is the point (sys.exit() included)
-            if pm.get_plugin(ep.name) is not None:
-                pm.unregister(name=ep.name)
-            info.errors.append(_format_exc(exc))
-            logger.warning("%s", _describe_failure(info))
-    _collect(pm, plugins)
-    return PluginSet(plugins=list(plugins.values()), skipped=skipped)
+        info = PluginInfo(name=ep.name, distribution=dist, version=version, module=ep.value, label=label)
+        _load(ep, info)
+        plugins.append(info)
+    installed = [(ep.name, dist) for ep, dist, _ in found]
+    result = PluginSet(plugins=plugins, skipped=skipped, clashes=_refuse_clashes(plugins),
+                       unmatched=unmatched(selection, installed))
+    if result.unmatched:
+        result.selection_error = describe_unmatched(selection or "", result.unmatched, installed)
+    for line in [c.message() for c in result.clashes] + [result.selection_error or ""]:
+        if line:
+            logger.warning("%s", line)
+    return result
 
 
 def _format_exc(exc: BaseException) -> str:
@@ -215,35 +273,44 @@ def _format_exc(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _collect(pm: pluggy.PluginManager, plugins: dict[str, PluginInfo]) -> None:
-    """Call each plugin's hooks one plugin at a time, so a failing hook is attributed and contained."""
-    seen: dict[tuple[str, str], str] = {}
-    for kind in KINDS:
-        hook_name = _HOOK_OF_KIND[kind]
-        # pluggy returns impls last-registered first; sort by name for a stable order.
-        for impl in sorted(getattr(pm.hook, hook_name).get_hookimpls(), key=lambda i: i.plugin_name):
-            info = plugins[impl.plugin_name]
-            if info.errors:
-                continue
-            info.hooks.append(hook_name)
-            pending: list[Registration] = []
-            try:
-                impl.function(register=_make_register(kind, info.name, pending))
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a hook's sys.exit() is its failure
-                info.errors.append(f"{hook_name}: {_format_exc(exc)}")
-                logger.warning("%s", _describe_failure(info))
-                continue
-            for reg in pending:
-                owner = seen.get((kind, reg.name))
-                if owner is not None:
-                    info.errors.append(f"{kind} {reg.name!r} is already registered by plugin {owner!r}")
-                    continue
-                seen[(kind, reg.name)] = info.name
-                info.registrations.append(reg)
-    # A plugin that failed part-way keeps nothing: a half-registered plugin is worse than none.
-    for info in plugins.values():
-        if info.errors:
-            info.registrations.clear()
+def _load(ep: metadata.EntryPoint, info: PluginInfo) -> None:
+    """Import one plugin and call its hooks, in a plugin manager of its own. All or nothing: a plugin whose
+    import or any hook fails keeps none of its registrations (a half-registered plugin is worse than none)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pending: list[Registration] = []
+    stage = ""
+    try:
+        pm.register(ep.load(), name=info.label)
+        pm.check_pending()  # a hookimpl with no matching spec is a plugin bug, not silence
+        for kind in KINDS:
+            for impl in getattr(pm.hook, _HOOK_OF_KIND[kind]).get_hookimpls():
+                stage = f"{_HOOK_OF_KIND[kind]}: "
+                info.hooks.append(_HOOK_OF_KIND[kind])
+                impl.function(register=_make_register(kind, info.label, pending))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolation is the point (sys.exit() included)
+        info.errors.append(stage + _format_exc(exc))
+        logger.warning("%s", _describe_failure(info))
+        return
+    info.registrations = list(pending)  # a copy: a callback kept by the plugin cannot add to it later
+
+
+def _refuse_clashes(plugins: list[PluginInfo]) -> list[Clash]:
+    """Take every (kind, name) that several loaded plugins registered away from all of them; each keeps
+    the rest of its registrations."""
+    claims: dict[tuple[str, str], list[tuple[PluginInfo, Registration]]] = {}
+    for info in plugins:
+        for reg in info.registrations:
+            claims.setdefault((reg.kind, reg.name), []).append((info, reg))
+    clashes = []
+    for (kind, name), owners in claims.items():
+        if len(owners) < 2:
+            continue
+        claims_of_name = tuple(Claim(i.label, i.distribution, i.version, r.target) for i, r in owners)
+        clashes.append(Clash(kind, name, claims_of_name))
+        for info, reg in owners:
+            info.registrations.remove(reg)
+    return clashes
 
 
 def _make_register(kind: str, plugin: str, sink: list[Registration]) -> Callable[..., None]:
@@ -257,6 +324,8 @@ def _make_register(kind: str, plugin: str, sink: list[Registration]) -> Callable
         if kind == "recipe" and meta.get("mode") not in {"pretrain", "sft", "peft"}:
             raise ValueError(f"recipe {name!r}: mode must be 'pretrain', 'sft' or 'peft', got {meta.get('mode')!r}")
         meta = {k: v for k, v in meta.items() if v is not None}
+        if any(r.kind == kind and r.name == name for r in sink):
+            raise ValueError(f"{kind} {name!r} is registered twice by this plugin")
         sink.append(Registration(kind=kind, name=name, target=target, plugin=plugin, metadata=meta))
 
     return register

@@ -27,6 +27,9 @@ def _fresh(body: str) -> None:
         import logging
         import pytest
         import nemotron3_super  # host fixes (no TE here) before the first megatron.bridge import
+        import megatron  # fires the start-up trigger (nemotron3_super.pth), which would install our plugin ...
+        from nemotron3_super.activation import uninstall
+        uninstall()  # ... on `import megatron.bridge`: these tests install explicitly (as tests/conftest.py does)
         import megatron.bridge.models  # host bridges register on import
         from megatron.bridge.models.conversion import model_bridge as mb
         from nemotron3_super.plugins import host

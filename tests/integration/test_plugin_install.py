@@ -8,100 +8,42 @@ other plugin distributions made here (one that fails to import, one whose hook r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-import textwrap
-import venv
 from pathlib import Path
 
-import pluggy
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-GROUP = "megatron_bridge.plugins"
+from plugin_dists import GROUP, cli, install_env, make_plugin_dist, run
 
 pytestmark = pytest.mark.slow
-
-
-def _make_plugin_dist(root: Path, dist: str, module: str, body: str) -> Path:
-    src = root / dist
-    (src / module).mkdir(parents=True)
-    (src / module / "__init__.py").write_text(textwrap.dedent(body))
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "{dist}"
-        version = "9.9.{len(dist)}"
-        [project.entry-points."{GROUP}"]
-        {module} = "{module}"
-        [tool.setuptools]
-        packages = ["{module}"]
-    """))
-    return src
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    # cwd outside the checkout: `python -c` would otherwise import the source tree, not the install
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tempfile.gettempdir())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("plugin_env")
-    wheels = tmp / "wheels"
-    broken = _make_plugin_dist(tmp, "broken-plugin", "broken_plugin", """
+    broken = make_plugin_dist(tmp, "broken-plugin", "broken_plugin", """
         raise ImportError("this plugin is broken on purpose")
     """)
-    bad_hook = _make_plugin_dist(tmp, "bad-hook-plugin", "bad_hook_plugin", """
-        import pluggy
-        hookimpl = pluggy.HookimplMarker("megatron_bridge_plugins")
-
+    bad_hook = make_plugin_dist(tmp, "bad-hook-plugin", "bad_hook_plugin", """
         @hookimpl
         def register_recipes(register):
             register("half_registered_config", "bad_hook_plugin:nothing", mode="pretrain")
             raise RuntimeError("hook failed after one registration")
     """)
-    for src in (REPO, broken, bad_hook):
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)])
-
-    env_dir = tmp / "venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    deps = tmp / "deps"  # pluggy alone, importable through a .pth (its metadata stays out of the scan)
-    deps.mkdir()
-    (deps / "pluggy").symlink_to(Path(pluggy.__file__).parent)
-    (site / "zz_test_deps.pth").write_text(str(deps) + "\n")
-    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, sorted(wheels.glob("*.whl")))])
-    return {"python": py, "cli": env_dir / "bin" / "nemotron3-super"}
-
-
-def _cli(plugin_env: dict[str, Path], *args: str, **env_overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEGATRON_BRIDGE_PLUGINS")}
-    env.update(env_overrides)
-    return _run([str(plugin_env["cli"]), *args], env=env, check=False)
+    return install_env(tmp, [broken, bad_hook])
 
 
 def test_entry_points_show_group_and_entry(plugin_env: dict[str, Path]) -> None:
     code = f"import json, importlib.metadata as m; print(json.dumps(sorted((e.name, e.value, e.dist.name) for e in m.entry_points(group={GROUP!r}))))"
-    found = json.loads(_run([str(plugin_env["python"]), "-c", code]).stdout)
+    found = json.loads(run([str(plugin_env["python"]), "-c", code]).stdout)
     assert ["nemotron3_super", "nemotron3_super.plugins.nemotron3_super_plugin", "nemotron3-super"] in found
     assert {name for name, _, _ in found} == {"nemotron3_super", "broken_plugin", "bad_hook_plugin"}
 
 
 def test_listing_reports_ours_and_the_broken_ones(plugin_env: dict[str, Path]) -> None:
-    proc = _cli(plugin_env, "plugins", "--json")
+    proc = cli(plugin_env, "plugins", "--json")
     assert proc.returncode == 0, proc.stderr
     plugins = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}
     ours = plugins["nemotron3_super"]
-    expected_version = _run([str(plugin_env["python"]), "-c",
+    expected_version = run([str(plugin_env["python"]), "-c",
                              "import importlib.metadata as m; print(m.version('nemotron3-super'))"]).stdout.strip()
     assert ours["version"] == expected_version and ours["distribution"] == "nemotron3-super"
     assert ours["errors"] == []
@@ -117,18 +59,18 @@ def test_listing_reports_ours_and_the_broken_ones(plugin_env: dict[str, Path]) -
     assert "register_recipes: RuntimeError: hook failed after one registration" in bad_hook["errors"][0]
     assert bad_hook["registrations"] == []  # nothing half-registered survives
 
-    table = _cli(plugin_env, "plugins").stdout
+    table = cli(plugin_env, "plugins").stdout
     assert "nemotron3-super" in table and "ERROR ImportError" in table
 
 
 def test_strict_mode_raises(plugin_env: dict[str, Path]) -> None:
-    for proc in (_cli(plugin_env, "plugins", "--strict"), _cli(plugin_env, "plugins", MEGATRON_BRIDGE_PLUGINS_STRICT="1")):
+    for proc in (cli(plugin_env, "plugins", "--strict"), cli(plugin_env, "plugins", MEGATRON_BRIDGE_PLUGINS_STRICT="1")):
         assert proc.returncode == 2
         assert "plugin 'bad_hook_plugin' (bad-hook-plugin 9.9.15" in proc.stderr
         assert "plugin 'broken_plugin' (broken-plugin 9.9.13, module broken_plugin) failed: ImportError" in proc.stderr
     code = ("from nemotron3_super.plugins import load_plugins, PluginLoadError\n"
             "try:\n    load_plugins(strict=True)\nexcept PluginLoadError as e:\n    print('raised', e)\n")
-    out = _run([str(plugin_env["python"]), "-c", code]).stdout
+    out = run([str(plugin_env["python"]), "-c", code]).stdout
     assert out.startswith("raised plugin 'bad_hook_plugin'") and "9.9.15" in out
 
 
@@ -142,9 +84,9 @@ def test_strict_mode_raises(plugin_env: dict[str, Path]) -> None:
     ],
 )
 def test_allow_deny_switch(plugin_env: dict[str, Path], switch: str, loaded: set[str], skipped: set[str]) -> None:
-    proc = _cli(plugin_env, "plugins", "--json", MEGATRON_BRIDGE_PLUGINS=switch)
+    proc = cli(plugin_env, "plugins", "--json", MEGATRON_BRIDGE_PLUGINS=switch)
     data = json.loads(proc.stdout)
     assert {p["name"] for p in data["plugins"]} == loaded
     assert set(data["skipped"]) == skipped
-    strict = _cli(plugin_env, "plugins", "--strict", MEGATRON_BRIDGE_PLUGINS=switch)
+    strict = cli(plugin_env, "plugins", "--strict", MEGATRON_BRIDGE_PLUGINS=switch)
     assert strict.returncode == (2 if "bad_hook_plugin" in loaded else 0), strict.stderr

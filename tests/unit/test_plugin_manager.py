@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from nemotron3_super.plugins import manager
+from nemotron3_super.plugins import manager, selection
 
 
 def test_listing_imports_neither_torch_nor_megatron() -> None:
@@ -101,3 +101,80 @@ def test_plugin_calling_sys_exit_at_import_is_contained(tmp_path) -> None:  # no
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "SystemExit: 3" in errors["aa_exit"][0]
     assert errors["nemotron3_super"] == []
+
+
+@pytest.mark.parametrize(
+    ("item", "name", "distribution", "expected"),
+    [
+        ("a", "a", "dist-a", True),
+        ("a", "A", "dist-a", False),  # entry-point names are case-sensitive
+        ("a@Dist_A", "a", "dist-a", True),  # distributions compare in PEP 503 form
+        ("a@other", "a", "dist-a", False),
+        ("a@dist-a", "b", "dist-a", False),
+    ],
+)
+def test_selection_item_matches(item: str, name: str, distribution: str, expected: bool) -> None:
+    assert selection.matches(item, name, distribution) is expected
+
+
+INSTALLED = [("aa_x", "aa-x"), ("nemotron3_super", "nemotron3-super"), ("nemotron3_super", "foreign")]
+
+
+@pytest.mark.parametrize(
+    ("value", "unmatched", "hint"),
+    [
+        (None, [], None),
+        ("", [], None),  # the off switch names nothing
+        ("aa_x,-nemotron3_super@foreign", [], None),
+        ("nonexistent", ["nonexistent"], "'nonexistent'; installed"),
+        ("NEMOTRON3_SUPER", ["NEMOTRON3_SUPER"], "'NEMOTRON3_SUPER' (did you mean 'nemotron3_super'?)"),
+        ("nemotron3_super; AA_X", ["nemotron3_super; AA_X"], "(did you mean 'nemotron3_super,aa_x'?)"),
+        ("-nemotron_super", ["-nemotron_super"], "'-nemotron_super' (did you mean '-nemotron3_super'?)"),
+        ("-", ["-"], "'-'; installed"),
+        ("aa_x;-nemotron_super@foreign", ["aa_x;-nemotron_super@foreign"],
+         "(did you mean 'aa_x,-nemotron3_super@foreign'?)"),
+        ("aa_x@nope", ["aa_x@nope"], "(no distribution 'nope' declares 'aa_x')"),
+    ],
+)
+def test_unmatched_selection_is_described(value: str | None, unmatched: list[str], hint: str | None) -> None:
+    assert selection.unmatched(value, INSTALLED) == unmatched
+    if hint is not None:
+        line = selection.describe_unmatched(value or "", unmatched, INSTALLED)
+        assert hint in line and "\n" not in line
+        assert line.endswith("installed plugins (distributions): aa_x (aa-x), nemotron3_super (foreign, "
+                             "nemotron3-super); separate names with ','")
+
+
+def test_register_refuses_a_name_twice_in_one_plugin() -> None:
+    sink: list = []
+    register = manager._make_register("recipe", "p", sink)
+    register("r", "pkg.mod:fn", mode="sft")
+    with pytest.raises(ValueError, match=r"recipe 'r' is registered twice by this plugin"):
+        register("r", "pkg.mod:other", mode="sft")
+
+
+def _clashing_set() -> manager.PluginSet:
+    claims = (manager.Claim("a", "dist-a", "1.0", "a:r"), manager.Claim("b", "dist-b", "2.0", "b:r"))
+    other = manager.Registration("recipe", "kept", "b:kept", "b", {"mode": "sft"})
+    plugin_b = manager.PluginInfo("b", "dist-b", "2.0", "b", registrations=[other])
+    return manager.PluginSet(plugins=[plugin_b], skipped=[], clashes=[manager.Clash("recipe", "r", claims)])
+
+
+def test_clash_message_names_both_plugins_and_distributions() -> None:
+    plugin_set = _clashing_set()
+    assert plugin_set.problems() == [
+        "plugin clash: recipe 'r' is registered by plugin 'a' (dist-a 1.0: a:r) and by plugin 'b' (dist-b 2.0: b:r); "
+        "the name is refused to both (to keep one, deny the others: MEGATRON_BRIDGE_PLUGINS=-a or -b)"]
+    with pytest.raises(KeyError, match=r"no recipe named 'r' .*\(registered: kept\); plugin clash: recipe 'r'"):
+        plugin_set.get("recipe", "r")
+    assert plugin_set.get("recipe", "kept").target == "b:kept"
+
+
+def test_env_report_rows_for_clashes_and_selection() -> None:
+    from nemotron3_super import env
+
+    plugin_set = _clashing_set()
+    plugin_set.unmatched, plugin_set.selection_error = ["x"], "MEGATRON_BRIDGE_PLUGINS='x' names no installed plugin"
+    rows = {(r.name, r.value): r.detail for r in env._plugins(plugin_set)}
+    assert rows[("recipe r", "clash: refused")].startswith("plugin clash: recipe 'r' is registered by plugin 'a'")
+    assert rows[("MEGATRON_BRIDGE_PLUGINS", "matches no plugin: x")] == plugin_set.selection_error
