@@ -53,12 +53,13 @@ from step_timing import TOP_KERNELS  # noqa: E402
 from train_step_models import Run, bench_arch, error_record, free_cuda, shape_summary  # noqa: E402
 from train_step_report import (add_ratios, jsonable, markdown_table, path_agreement, print_flops,  # noqa: E402
                                row_label, versions)
-from train_step_rows import (EXPERT_IMPLS, MAMBA_PATHS, PATH_SETS, RowPlan, build_row, mem_eff_unavailable, run_paired,  # noqa: E402
+from train_step_rows import (EXPERT_IMPLS, MAMBA_PATHS, PATH_SETS, RowPlan, build_row, run_paired,  # noqa: E402
                              run_row)
 
 from nemotron3_super import flops  # noqa: E402
 from nemotron3_super.architecture import SuperArchitecture  # noqa: E402
 from nemotron3_super.flops import model_flops_per_token  # noqa: E402
+from nemotron3_super.mamba_path import mem_eff_unavailable  # noqa: E402
 
 EXIT_CANNOT_RUN = 2  # no CUDA device (or the asked-for Mamba path cannot run here)
 EXIT_ALL_FAILED = 1  # every benchmarked row failed: the table has nothing to read

@@ -17,6 +17,7 @@ from train_step_models import Run, error_record, free_cuda, ours_provider, provi
 from nemotron3_super.architecture import SuperArchitecture
 from nemotron3_super.conversion.process_groups import cpu_current_device
 from nemotron3_super.flops import forward_flops_per_token, model_flops_per_token
+from nemotron3_super.mamba_path import mamba_kernels
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,6 @@ MAMBA_PATHS = {
 PATH_SETS = {"both": ["fallback", "mem_eff"], "all": ["fallback", "split", "mem_eff"]}
 
 
-def mamba_kernels(mem_eff: bool) -> str:
-    """Which Mamba kernels a row runs (megatron-core's MambaMixer picks them at import / per flag)."""
-    if mem_eff:
-        return "mamba_split_conv1d_scan_combined (causal-conv1d CUDA + Triton SSD, fused)"
-    from megatron.core.ssm import mamba_mixer
-
-    conv = "nn.Conv1d" if mamba_mixer.causal_conv1d_fn is None else "causal_conv1d_fn"
-    return f"{conv} + Triton mamba_chunk_scan_combined"
-
-
 @contextlib.contextmanager
 def mamba_path_kernels(path: str) -> Iterator[None]:
     """``fallback`` hides causal-conv1d from the mixer (it reads the module global at every forward), so the
@@ -64,16 +55,6 @@ def mamba_path_kernels(path: str) -> Iterator[None]:
         yield
     finally:
         mamba_mixer.causal_conv1d_fn = saved
-
-
-def mem_eff_unavailable() -> str | None:
-    """Why the memory-efficient Mamba path cannot run here (it needs causal-conv1d's CUDA kernels)."""
-    try:
-        import causal_conv1d  # noqa: F401
-        from causal_conv1d.cpp_functions import causal_conv1d_fwd_function  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken CUDA extension
-        return f"causal_conv1d does not import ({type(exc).__name__}: {exc})"
-    return None
 
 
 def build_row(row: RowPlan, run: Run, host: HostPlan | None, mem_eff: bool, init: bool = True) -> tuple[Any, Any]:

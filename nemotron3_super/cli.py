@@ -115,10 +115,13 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     _host_output(args)
     from nemotron3_super.conversion.commands import roundtrip
 
-    report, steps = roundtrip(args.hf_model, args.megatron_load_path)
-    for step in steps:
-        print(step.render("step"))
-    print(report.render())
+    from nemotron3_super.upstream_flags import launched_sizes
+
+    report, steps = roundtrip(args.hf_model, args.megatron_load_path, **launched_sizes(args))
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+        for step in steps:
+            print(step.render("step"))
+        print(report.render())
     return 0 if report.ok else 1
 
 

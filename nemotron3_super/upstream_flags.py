@@ -8,12 +8,13 @@ only the script swapped for ours (tests/integration/test_upstream_commands.py re
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TRUST_REMOTE_CODE_NOTE = ("note: --trust-remote-code is accepted for the upstream commands and executes nothing: "
                           "this package reads Nemotron-H with its own code and transformers' built-in NemotronH")
-PARALLEL_NOTE = ("note: {command} runs in this one process; --tp/--ep/--pp only choose how the weights are split "
-                 "for the conversion, which is bit-exact at every split, so the result is the same")
+PARALLEL_NOTE = ("note: {command} runs in this one process; --tp/--ep/--pp split the weights over torchrun's ranks "
+                 "(conversion is bit-exact at every split, so the result is the same) and are ignored here")
 _said: set[str] = set()
 
 
@@ -23,14 +24,16 @@ def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parallel_sizes(parser: argparse.ArgumentParser) -> None:
-    """--tp/--ep/--pp for single-process commands (roundtrip, compare) that the upstream page passes them to."""
+    """--tp/--ep/--pp for roundtrip (split over torchrun's ranks) and compare (one process), as the upstream page
+    passes them."""
     for flag in ("--tp", "--ep", "--pp"):
-        parser.add_argument(flag, type=int, default=1, help="accepted (upstream); see the note it prints")
+        parser.add_argument(flag, type=int, default=1, help="under torchrun: the split of the weights over its "
+                            "ranks (roundtrip); in one process: ignored, with a note")
 
 
 def say_once(key: str, message: str) -> None:
-    """Print ``message`` to stderr the first time ``key`` is seen in this process."""
-    if key not in _said:
+    """Print ``message`` to stderr the first time ``key`` is seen in this process (torchrun: rank 0 only)."""
+    if key not in _said and os.environ.get("RANK", "0") == "0":
         _said.add(key)
         print(message, file=sys.stderr)
 
@@ -39,8 +42,21 @@ def notes(args: argparse.Namespace) -> None:
     """The one-line notes the upstream-only flags call for."""
     if getattr(args, "trust_remote_code", False):
         say_once("trust_remote_code", TRUST_REMOTE_CODE_NOTE)
-    if args.command in ("roundtrip", "compare") and any(getattr(args, n, 1) != 1 for n in ("tp", "ep", "pp")):
+    if args.command in ("roundtrip", "compare") and any(getattr(args, n, 1) != 1 for n in ("tp", "ep", "pp")) \
+            and (args.command == "compare" or not _under_torchrun()):
         say_once("parallel", PARALLEL_NOTE.format(command=args.command))
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launched_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """``--tp/--ep/--pp`` of a roundtrip as it runs: split over torchrun's ranks, or 1 in a single process
+    (where :func:`notes` said they are ignored)."""
+    if not _under_torchrun():
+        return {"tp": 1, "ep": 1, "pp": 1}
+    return {n: getattr(args, n, 1) for n in ("tp", "ep", "pp")}
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:

@@ -143,7 +143,9 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
             report.kept_host[architecture] = _qualname(existing)
             report.bridges[architecture] = _qualname(existing)
             return
-        logger.log(logging.INFO if _REPORTED_BY_CALLER else logging.WARNING,
+        # said once per job: by torchrun's rank 0 (every rank installs), unless the caller states it itself
+        loud = not _REPORTED_BY_CALLER and os.environ.get("RANK", "0") == "0"
+        logger.log(logging.WARNING if loud else logging.INFO,
                    "plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
                    reg.plugin, _qualname(existing), ours, architecture)
         report.replaced[architecture] = _qualname(existing)

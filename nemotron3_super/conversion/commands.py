@@ -318,12 +318,30 @@ def _export_slots(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pair
 
 
 def roundtrip(hf_model: str | Path, megatron_load_path: str | Path | None = None,
-              work_dir: str | Path | None = None) -> tuple[AuditReport, list[ConvertReport]]:
-    """HF -> Megatron -> HF (or only Megatron -> HF from ``megatron_load_path``), then a bit-exact audit."""
-    with tempfile.TemporaryDirectory(prefix="n3s-roundtrip-", dir=work_dir) as tmp:
-        steps = []
-        if megatron_load_path is None:
-            megatron_load_path = Path(tmp) / "megatron"
-            steps.append(import_checkpoint(hf_model, megatron_load_path))
-        steps.append(export_checkpoint(hf_model, megatron_load_path, Path(tmp) / "hf"))
-        return audit(hf_model, Path(tmp) / "hf"), steps
+              work_dir: str | Path | None = None, *, tp: int = 1, ep: int = 1, pp: int = 1,
+              device: str = "cpu") -> tuple[AuditReport, list[ConvertReport]]:
+    """HF -> Megatron -> HF (or only Megatron -> HF from ``megatron_load_path``), then a bit-exact audit.
+
+    Under torchrun the conversions run split at ``tp``/``ep``/``pp`` over the ranks; the intermediate
+    folders are one temporary folder shared by every rank (made by rank 0, removed by it at the end), rank 0
+    audits, and every rank returns rank 0's report."""
+    with parallel_group(tp, ep, device, pp):
+        shared = [tempfile.mkdtemp(prefix="n3s-roundtrip-", dir=work_dir) if dist.get_rank() == 0 else None]
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list(shared, src=0)
+        tmp = Path(shared[0])
+        try:
+            steps = []
+            if megatron_load_path is None:
+                megatron_load_path = tmp / "megatron"
+                steps.append(import_checkpoint(hf_model, megatron_load_path, tp=tp, ep=ep, pp=pp, device=device))
+            steps.append(export_checkpoint(hf_model, megatron_load_path, tmp / "hf", tp=tp, ep=ep, pp=pp,
+                                           device=device))
+            result = [audit(hf_model, tmp / "hf") if dist.get_rank() == 0 else None]
+            if dist.get_world_size() > 1:
+                dist.broadcast_object_list(result, src=0)
+            return result[0], steps
+        finally:
+            dist.barrier()
+            if dist.get_rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # made above by this rank, for this run only

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,15 @@ def test_sharded_export_from_single_process_import(tiny_hf: Path, tmp_path: Path
     report = audit(tiny_hf, tmp_path / "hf")
     assert report.ok, report.render()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m"]  # no partial folders left
+
+
+def test_roundtrip_under_torchrun_splits_and_reports_once(tiny_hf: Path, tmp_path: Path) -> None:
+    """`roundtrip --ep 2` on 2 ranks: both conversions split over the ranks, one shared temporary folder
+    (removed at the end), rank 0's audit reported once, every notice said once."""
+    before = set(Path(tempfile.gettempdir()).glob("n3s-roundtrip-*"))
+    run = torchrun("roundtrip", "--hf-model", str(tiny_hf), "--ep", "2", "--trust-remote-code")
+    assert run.stdout.count("result: IDENTICAL") == 1 and run.stdout.count("step:") == 2, run.stdout[-3000:]
+    assert run.stderr.count("--trust-remote-code is accepted") == 1, run.stderr[-3000:]
+    assert (run.stdout + run.stderr).count("replaces host bridge") <= 1, run.stderr[-3000:]  # rank 0 at most
+    assert "are ignored here" not in run.stderr  # under torchrun --ep is honoured, not ignored
+    assert set(Path(tempfile.gettempdir()).glob("n3s-roundtrip-*")) == before

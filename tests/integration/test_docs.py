@@ -10,7 +10,9 @@ Marker convention (an HTML comment on the line right before the fence; invisible
   ``HF_DIR`` (a tiny Super-shaped HF checkpoint), ``MEG_DIR``, ``OUT_DIR``, ``path/to/config.json``.
 * ``<!-- docs-test: dry-run -->``: every ``torchrun ... -m nemotron3_super.<pretrain|finetune> ARGS``
   command of the block is checked with ``python -m nemotron3_super.<...> --dry-run --gpus N ARGS``,
-  N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on.
+  N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on. The same
+  placeholders are filled in; ``MEG_DIR`` is converted from ``HF_DIR`` first if no earlier block did (a dry run
+  checks that a pretrained checkpoint exists).
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def _run(cmd: list[str], block: Block, cwd: Path) -> None:
                                   f"\n--- stderr\n{proc.stderr[-4000:]}")
 
 
+def _fill(text: str, fill: dict[str, str]) -> str:
+    for placeholder, value in fill.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
 def test_markers_are_well_formed() -> None:
     """Every doc parses, and the docs that promise runnable commands mark some."""
     found = {doc: marked_blocks(doc) for doc in DOCS}
@@ -116,11 +124,13 @@ def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path) -> None:
     for n, block in enumerate(marked_blocks(doc)):
         if block.kind == "dry-run":
             for cmd in dry_run_commands(block):
-                _run(cmd, block, tmp_path)
+                if any("MEG_DIR" in word for word in cmd) and not Path(fill["MEG_DIR"]).is_dir():
+                    # a dry run checks that the checkpoint exists: convert it first, as the README says
+                    _run([str(Path(sys.executable).parent / "nemotron3-super"), "convert", "import", "--hf-model",
+                          fill["HF_DIR"], "--megatron-path", fill["MEG_DIR"], "--quiet"], block, tmp_path)
+                _run([_fill(word, fill) for word in cmd], block, tmp_path)
             continue
-        text = block.text
-        for placeholder, value in fill.items():
-            text = text.replace(placeholder, value)
+        text = _fill(block.text, fill)
         script = tmp_path / f"block{n}.{'sh' if block.lang == 'bash' else 'py'}"
         script.write_text(("set -euo pipefail\n" if block.lang == "bash" else "") + text)
         _run(["bash", str(script)] if block.lang == "bash" else [sys.executable, str(script)], block, REPO)

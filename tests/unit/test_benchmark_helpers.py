@@ -50,15 +50,17 @@ def test_paired_cell_formats_result_error_and_absence() -> None:
 def test_mamba_path_kernels_fallback_hides_causal_conv1d_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from megatron.core.ssm import mamba_mixer
 
+    from nemotron3_super.mamba_path import mamba_kernels
+
     sentinel = object()
     monkeypatch.setattr(mamba_mixer, "causal_conv1d_fn", sentinel)
     with rows_mod.mamba_path_kernels("fallback"):
         assert mamba_mixer.causal_conv1d_fn is None
-        assert rows_mod.mamba_kernels(mem_eff=False).startswith("nn.Conv1d")
+        assert mamba_kernels(mem_eff=False).startswith("nn.Conv1d")
     assert mamba_mixer.causal_conv1d_fn is sentinel
     with rows_mod.mamba_path_kernels("split"):
         assert mamba_mixer.causal_conv1d_fn is sentinel
-        assert rows_mod.mamba_kernels(mem_eff=False).startswith("causal_conv1d_fn")
+        assert mamba_kernels(mem_eff=False).startswith("causal_conv1d_fn")
 
 
 def test_mamba_path_kernels_split_without_causal_conv1d_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
