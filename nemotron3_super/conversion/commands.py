@@ -31,7 +31,7 @@ from nemotron3_super.conversion.hf_io import (COPY_SUFFIXES, REMOTE_CODE_SUFFIXE
                                               HFCheckpoint, ShardedWriter, config_dtype)
 from nemotron3_super.conversion.megatron_io import (ITERATION_DIR, build_model, check_data_files, checkpoint_root,
                                                     read_meta, run_provider, save_checkpoint)
-from nemotron3_super.conversion.outputs import check_output, staged_output
+from nemotron3_super.conversion.outputs import check_output, shared_temp_dir, staged_output
 from nemotron3_super.conversion.process_groups import cpu_current_device, parallel_group
 from nemotron3_super.conversion.progress import Progress
 from nemotron3_super.conversion.quantized import QUANT_CONFIG_FILE, DequantizedCheckpoint, open_checkpoint
@@ -326,10 +326,7 @@ def roundtrip(hf_model: str | Path, megatron_load_path: str | Path | None = None
     folders are one temporary folder shared by every rank (made by rank 0, removed by it at the end), rank 0
     audits, and every rank returns rank 0's report."""
     with parallel_group(tp, ep, device, pp):
-        shared = [tempfile.mkdtemp(prefix="n3s-roundtrip-", dir=work_dir) if dist.get_rank() == 0 else None]
-        if dist.get_world_size() > 1:
-            dist.broadcast_object_list(shared, src=0)
-        tmp = Path(shared[0])
+        tmp = shared_temp_dir(Path(work_dir or tempfile.gettempdir()), "n3s-roundtrip-")
         try:
             steps = []
             if megatron_load_path is None:

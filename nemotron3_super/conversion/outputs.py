@@ -126,7 +126,7 @@ def remove_own(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-def _shared_temp_dir(parent: Path, prefix: str) -> Path:
+def shared_temp_dir(parent: Path, prefix: str) -> Path:
     """A temporary folder made (and marked) by rank 0, the same path on every rank."""
     path = None
     if dist.get_rank() == 0:
@@ -149,7 +149,7 @@ def staged_output(target: Path, notes: list[str] | None = None, **record: object
         if notes is not None:
             notes.extend(found)
     dist.barrier()
-    tmp = _shared_temp_dir(target.parent, _PARTIAL.format(name=target.name))
+    tmp = shared_temp_dir(target.parent, _PARTIAL.format(name=target.name))
     try:
         yield tmp
         dist.barrier()
