@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
+from nemotron3_super.ranks import reports_here
 from nemotron3_super.upstream_flags import add_parallel_sizes, add_trust_remote_code, notes
 
 
@@ -92,7 +92,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                             overwrite=args.overwrite, tp=args.tp, ep=args.ep,
                                             device=args.device, pp=args.pp, quiet=args.quiet,
                                             copy_remote_code=args.copy_remote_code)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if reports_here():
         print(report.render(f"convert {args.direction}"))
     return 0
 
@@ -118,7 +118,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from nemotron3_super.upstream_flags import launched_sizes
 
     report, steps = roundtrip(args.hf_model, args.megatron_load_path, **launched_sizes(args))
-    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+    if reports_here():  # torchrun: rank 0 reports
         for step in steps:
             print(step.render("step"))
         print(report.render())

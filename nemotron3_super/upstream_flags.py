@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from nemotron3_super.ranks import reports_here
+
 TRUST_REMOTE_CODE_NOTE = ("note: --trust-remote-code is accepted for the upstream commands and executes nothing: "
                           "this package reads Nemotron-H with its own code and transformers' built-in NemotronH")
 PARALLEL_NOTE = ("note: {command} runs in this one process; --tp/--ep/--pp split the weights over torchrun's ranks "
@@ -33,7 +35,7 @@ def add_parallel_sizes(parser: argparse.ArgumentParser) -> None:
 
 def say_once(key: str, message: str) -> None:
     """Print ``message`` to stderr the first time ``key`` is seen in this process (torchrun: rank 0 only)."""
-    if key not in _said and os.environ.get("RANK", "0") == "0":
+    if key not in _said and reports_here():
         _said.add(key)
         print(message, file=sys.stderr)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from nemotron3_super.plugins.manager import PluginSet, Registration, import_target, load_plugins
+from nemotron3_super.ranks import reports_here
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _install_bridge(reg: Registration, policy: str, report: InstallReport) -> No
             report.bridges[architecture] = _qualname(existing)
             return
         # said once per job: by torchrun's rank 0 (every rank installs), unless the caller states it itself
-        loud = not _REPORTED_BY_CALLER and os.environ.get("RANK", "0") == "0"
+        loud = not _REPORTED_BY_CALLER and reports_here()
         logger.log(logging.WARNING if loud else logging.INFO,
                    "plugin %r replaces host bridge %s with %s for %s (policy 'plugin')",
                    reg.plugin, _qualname(existing), ours, architecture)

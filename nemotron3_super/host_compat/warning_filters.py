@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib.abc
 import logging
-import os
 import re
 import sys
 import warnings
 from dataclasses import dataclass
+
+from nemotron3_super.ranks import reports_here
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def announce() -> None:
     """Print :func:`summary` to stderr once per process, on rank 0 only under torchrun."""
     global _announced
     line = summary()
-    if line and not _announced and os.environ.get("RANK", "0") == "0":
+    if line and not _announced and reports_here():
         print(line, file=sys.stderr)
     _announced = True
 
