@@ -3,6 +3,7 @@ parallel state at TP/EP/PP, and megatron-core's CUDA-device calls on CPU."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from typing import Iterator
@@ -36,6 +37,9 @@ def _backend(device: str) -> str:
     return "cpu:gloo,cuda:nccl"
 
 
+_KEPT_BACKEND: str | None = None  # the backend of the torchrun group made here and kept for the process
+
+
 def init_process_group(backend: str) -> None:
     """torchrun's group, from its environment; a plain process gets a one-rank group on an in-process store.
     No TCP port is picked, so processes started side by side (parallel test workers, two conversions)
@@ -46,6 +50,23 @@ def init_process_group(backend: str) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
+def _keep_launched_group(backend: str) -> None:
+    """A torchrun group is made once per process and kept for the process's later conversions: gloo cannot
+    meet again on torchrun's store (the second rendezvous reads the first one's addresses and rank 1 fails to
+    connect), so an import followed by an export in one script would fail. Destroyed at exit."""
+    global _KEPT_BACKEND
+    if _KEPT_BACKEND is None:
+        atexit.register(_destroy_kept_group)
+    _KEPT_BACKEND = backend
+
+
+def _destroy_kept_group() -> None:
+    global _KEPT_BACKEND
+    if _KEPT_BACKEND is not None and dist.is_initialized():
+        dist.destroy_process_group()
+    _KEPT_BACKEND = None
+
+
 @contextlib.contextmanager
 def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -> Iterator[None]:
     """Process group (torchrun's ranks, else one local rank) + megatron-core parallel state with
@@ -53,9 +74,17 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -
     ``device`` is where the model will live ("cpu", or "cuda": one GPU per rank, NCCL)."""
     made_group = not dist.is_initialized()
     if made_group:
-        init_process_group(_backend(device))
+        backend = _backend(device)
+        init_process_group(backend)
+        if "RANK" in os.environ:
+            _keep_launched_group(backend)
+            made_group = False
     elif device == "cuda" and not torch.cuda.is_available():
         _backend(device)  # raises the clear message
+    elif _KEPT_BACKEND is not None and _KEPT_BACKEND != _backend(device):
+        raise RuntimeError(f"device={device!r} needs process-group backend {_backend(device)!r}, but an earlier "
+                           f"conversion in this torchrun process made it with {_KEPT_BACKEND!r}; run each device "
+                           "in its own launch")
     made_parallel = not parallel_state.model_parallel_is_initialized()
     if made_parallel:
         if dist.get_world_size() % (tp * ep * pp):

@@ -13,6 +13,9 @@ Marker convention (an HTML comment on the line right before the fence; invisible
   N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on. The same
   placeholders are filled in; ``MEG_DIR`` is converted from ``HF_DIR`` first if no earlier block did (a dry run
   checks that a pretrained checkpoint exists).
+* ``<!-- docs-test: by tests/PATH.py -->``: the block is run by that test file, which reads it from the doc
+  (by this marker) and checks what it prints; the docs test only checks that the file exists and does so. For a
+  block whose output a test examines anyway, so it is not run twice.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/RECIPES.md", "BENCHMARKS.md")
-MARK = re.compile(r"^<!--\s*docs-test:\s*(\S+)\s*-->\s*$")
-KINDS = ("cpu", "dry-run")
+MARK = re.compile(r"^<!--\s*docs-test:\s*(\S+)(?:\s+(\S+))?\s*-->\s*$")
+KINDS = ("cpu", "dry-run", "by")
 LAUNCH_MODULES = ("nemotron3_super.pretrain", "nemotron3_super.finetune")
 
 pytestmark = pytest.mark.slow
@@ -43,6 +46,7 @@ class Block:
     kind: str
     lang: str
     text: str
+    runner: str = ""  # kind "by": the test file that runs the block
 
 
 def marked_blocks(doc: str) -> list[Block]:
@@ -54,13 +58,15 @@ def marked_blocks(doc: str) -> list[Block]:
         if not match:
             continue
         fence = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        kind = match.group(1)
+        kind, runner = match.group(1), match.group(2) or ""
         assert kind in KINDS, f"{doc}:{i + 1}: docs-test marker {kind!r}: expected one of {KINDS}"
+        assert (kind == "by") == bool(runner), (f"{doc}:{i + 1}: only a `by` marker names a file, and it must "
+                                                "(<!-- docs-test: by tests/PATH.py -->)")
         assert fence.startswith("```"), f"{doc}:{i + 1}: docs-test marker not followed by a ``` fence"
         lang = fence[3:].strip().split()[0] if fence[3:].strip() else ""
         assert lang in ("bash", "python"), f"{doc}:{i + 2}: marked block language {lang!r}: bash or python"
         end = next(j for j in range(i + 2, len(lines)) if lines[j].strip().startswith("```"))
-        blocks.append(Block(doc, i + 2, kind, lang, "\n".join(lines[i + 2:end]) + "\n"))
+        blocks.append(Block(doc, i + 2, kind, lang, "\n".join(lines[i + 2:end]) + "\n", runner))
     return blocks
 
 
@@ -115,6 +121,12 @@ def test_markers_are_well_formed() -> None:
         for block in blocks:
             if block.kind == "dry-run":
                 dry_run_commands(block)
+            if block.kind == "by":  # the named test reads this block from this doc by its marker
+                runner = REPO / block.runner
+                assert runner.is_file(), f"{block.doc}:{block.line}: {block.runner} (named by the marker) is missing"
+                source = runner.read_text(encoding="utf-8")
+                assert block.doc in source and f"docs-test: by {block.runner}" in source, (
+                    f"{block.doc}:{block.line}: {block.runner} does not read this block (by its marker)")
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -122,6 +134,8 @@ def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path) -> None:
     fill = {"path/to/config.json": str(tiny_hf / "config.json"), "HF_DIR": str(tiny_hf),
             "MEG_DIR": str(tmp_path / "megatron"), "OUT_DIR": str(tmp_path / "hf-out")}
     for n, block in enumerate(marked_blocks(doc)):
+        if block.kind == "by":
+            continue  # run by the test file the marker names (checked above)
         if block.kind == "dry-run":
             for cmd in dry_run_commands(block):
                 if any("MEG_DIR" in word for word in cmd) and not Path(fill["MEG_DIR"]).is_dir():

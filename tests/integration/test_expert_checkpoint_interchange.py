@@ -3,7 +3,10 @@
 ``convert import`` writes a torch_dist checkpoint with SequentialMLP (or GroupedMLP) experts; ``convert export``
 reads it into the other module and must give back the original HF tensors bit for bit. The module is chosen
 by wrapping the conversion's model builder with ``moe_grouped_gemm`` (the commands have no such option:
-checkpoints do not depend on it)."""
+checkpoints do not depend on it).
+
+Each launch runs several conversions in one process per rank, so the host is imported once per rank rather
+than once per conversion (that import is most of a tiny conversion's time on CPU)."""
 
 from __future__ import annotations
 
@@ -19,44 +22,48 @@ pytestmark = pytest.mark.slow  # torchrun runs of megatron-core model builds (ne
 _WORKER = """
 import functools, sys
 import nemotron3_super.conversion.commands as commands
-verb, experts, ep, paths = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-commands.build_model = functools.partial(commands.build_model, moe_grouped_gemm=experts == "grouped")
-if verb == "import":
-    commands.import_checkpoint(*paths, ep=ep)
-else:
-    commands.export_checkpoint(*paths, ep=ep)
+build = commands.build_model
+for step in sys.argv[1:]:  # "verb:experts:ep:path,path[,path]"
+    verb, experts, ep, paths = step.split(":", 3)
+    commands.build_model = functools.partial(build, moe_grouped_gemm=experts == "grouped")
+    convert = commands.import_checkpoint if verb == "import" else commands.export_checkpoint
+    convert(*paths.split(","), ep=int(ep))
 """
 
 
-def _convert(tmp: Path, verb: str, experts: str, ep: int, *paths: Path) -> None:
+def _launch(tmp: Path, ranks: int, *steps: tuple[str | Path, ...]) -> None:
+    """Run ``steps`` ((verb, experts, path, ...), EP = ``ranks``) in order in one launch of ``ranks``
+    processes; fails the test with the output on a non-zero exit."""
     worker = tmp / "worker.py"
     worker.write_text(_WORKER)
     cmd = [sys.executable, str(worker)]
-    if ep > 1:
+    if ranks > 1:
         with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ep), "--master-port",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
                str(port), str(worker)]
-    result = subprocess.run([*cmd, verb, experts, str(ep), *map(str, paths)], capture_output=True, text=True,
-                            timeout=900)
+    args = [f"{verb}:{experts}:{ranks}:{','.join(map(str, paths))}" for verb, experts, *paths in steps]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("saved,loaded", [("sequential", "grouped"), ("grouped", "sequential")])
-def test_checkpoint_loads_into_the_other_expert_module(tmp_path: Path, saved: str, loaded: str) -> None:
+def test_checkpoints_load_into_the_other_expert_module_at_either_ep(tmp_path: Path) -> None:
+    """Grouped saved at EP 1 -> sequential at EP 1 and 2; sequential saved at EP 2 -> grouped at EP 2 and 1."""
     from nemotron3_super.architecture import tiny_super
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
     from nemotron3_super.conversion.megatron_io import checkpoint_dtypes
 
     hf = write_tiny_checkpoint(tiny_super(), tmp_path / "hf")
-    _convert(tmp_path, "import", saved, 2, hf, tmp_path / "megatron")  # written at EP=2
-    keys = checkpoint_dtypes(tmp_path / "megatron")
-    assert "decoder.layers.1.mlp.experts.experts.linear_fc1.weight" in keys  # the same global tensor either way
-    for ep in (2, 1):
-        out = tmp_path / f"exported-ep{ep}"
-        _convert(tmp_path, "export", loaded, ep, hf, tmp_path / "megatron", out)
-        report = audit(hf, out)
-        assert report.ok, report.render()
+    grouped, sequential = tmp_path / "grouped-ep1", tmp_path / "sequential-ep2"
+    _launch(tmp_path, 1, ("import", "grouped", hf, grouped), ("export", "sequential", hf, grouped, tmp_path / "a"))
+    _launch(tmp_path, 2, ("import", "sequential", hf, sequential),
+            ("export", "grouped", hf, sequential, tmp_path / "b"), ("export", "sequential", hf, grouped, tmp_path / "c"))
+    _launch(tmp_path, 1, ("export", "grouped", hf, sequential, tmp_path / "d"))
+    for saved in (grouped, sequential):  # the same global tensor either way
+        assert "decoder.layers.1.mlp.experts.experts.linear_fc1.weight" in checkpoint_dtypes(saved)
+    for out in "abcd":
+        report = audit(hf, tmp_path / out)
+        assert report.ok, f"{out}: {report.render()}"
         assert report.tensors == tiny_super().hf_tensor_count()

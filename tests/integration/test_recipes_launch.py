@@ -1,29 +1,29 @@
-"""The launch modules end to end on CPU: 120B dry runs in a subprocess, real data files (a tiny
+"""The launch modules end to end on CPU: 120B dry runs, real data files (a tiny
 indexed dataset, a local SQuAD JSONL), CLI errors, and the missing-training-loop message."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _dry_run(*args: str) -> str:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, *args, "--dry-run"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+def _dry_run(mode: str, *args: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``python -m nemotron3_super.<mode> ARGS --dry-run``, in this process (the docs test runs the same dry
+    runs as separate processes, as README and docs/RECIPES.md write them)."""
+    from nemotron3_super.launch import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    capsys.readouterr()
+    code = main(mode, [*args, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def offline(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(target, name, refuse)
 
 
-def test_pretrain_dry_run_120b_prints_layout_and_memory_table() -> None:
-    out = _dry_run("-m", "nemotron3_super.pretrain")
-    print(out)  # the table, for the log
+def test_pretrain_dry_run_120b_prints_layout_and_memory_table(capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _dry_run("pretrain", capsys=capsys, monkeypatch=monkeypatch)
     assert "123.61B params" in out
     assert "layout: 64 GPUs = TP1 x PP2 x CP1 x DP32; experts EP32 x ETP1 x EDP1" in out
     assert "GBS 1280 = MBS 1 x DP 32 x GA 40" in out
@@ -55,9 +55,8 @@ def test_pretrain_dry_run_120b_prints_layout_and_memory_table() -> None:
         assert row in out, row
 
 
-def test_lora_dry_run_120b() -> None:
-    out = _dry_run("-m", "nemotron3_super.finetune", "--peft", "lora")
-    print(out)
+def test_lora_dry_run_120b(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _dry_run("finetune", "--peft", "lora", capsys=capsys, monkeypatch=monkeypatch)
     assert "layout: 8 GPUs = TP8 x PP1 x CP1 x DP1; experts EP8 x ETP1 x EDP1; SP on" in out
     assert "LoRA rank 32, alpha 32, targets linear_qkv, linear_proj, linear_fc1, linear_fc2, in_proj, out_proj" in out
     assert "total (peak)" in out and "fits in 80 GiB" in out

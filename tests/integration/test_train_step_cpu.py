@@ -3,13 +3,16 @@ paired rounds, the table and the JSON, on real megatron-core models of both impl
 both expert modules (``--expert-impl both``).
 
 The GPU is where it measures; this catches a broken script before a device call is spent on it. No Mamba
-layer here: megatron-core's SSD scan is Triton-only.
+layer here: megatron-core's SSD scan is Triton-only. The run is BENCHMARKS.md's ``--cpu-smoke`` command as
+written there (the docs test leaves that block to this file), plus ``--expert-impl both --json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +21,28 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
-HIDDEN = 256
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "train_step.py"
+DOC, MARKER = "BENCHMARKS.md", "<!-- docs-test: by tests/integration/test_train_step_cpu.py -->"
+HIDDEN = 256  # --cpu-smoke's hidden size (the script's SMOKE_SHAPE)
+
+
+def documented_smoke_command() -> list[str]:
+    """BENCHMARKS.md's smoke command (the block after MARKER), with this environment's python."""
+    text = (REPO / DOC).read_text(encoding="utf-8")
+    assert MARKER in text, f"{DOC}: no block marked {MARKER}"
+    block = re.match(r"\s*```bash\n(.*?)```", text[text.index(MARKER) + len(MARKER):], re.S)
+    assert block, f"{DOC}: {MARKER} is not followed by a bash block"
+    words = shlex.split(block.group(1))
+    assert words[:2] == ["python", "benchmarks/train_step.py"] and "--cpu-smoke" in words, block.group(1)
+    return [sys.executable, str(SCRIPT), *words[2:]]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("train_step") / "report.json"
-    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--hidden", str(HIDDEN), "--pattern", "*E-",
-           "--experts", "4", "--topk", "2", "--vocab", "256", "--seq", "32", "--steps", "3", "--warmup", "1",
-           "--expert-impl", "both", "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cmd = [*documented_smoke_command(), "--expert-impl", "both", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text()), result.stdout
 

@@ -100,33 +100,52 @@ TRAINING = [c for c in COMMANDS if "training" in c[0].lower() or "tuning" in c[0
 @pytest.mark.slow
 @pytest.mark.parametrize("heading,nproc,words", TRAINING, ids=[h for h, _, _ in TRAINING])
 def test_training_commands_dry_run(heading: str, nproc: int, words: list[str], values: dict[str, str],
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
     """As written, on ``nproc`` GPUs (planned): the layout adapts where the page did not set it. A dry run
     checks what the first minute of a launch needs: the pretrained checkpoint is a folder with an iteration
     in it (the host's, so the recipe's model stays), and the page's wandb logging finds a ``wandb`` package (a
-    stand-in on PYTHONPATH: a dry run only looks it up)."""
+    stand-in on the path: a dry run only looks it up). In this process, through the launch module's ``main``
+    (the docs test runs dry runs as separate processes; here that would import the host four more times)."""
+    from nemotron3_super.launch import main
+
     megatron = tmp_path / "megatron"
     (megatron / "iter_0000000").mkdir(parents=True)
     (tmp_path / "site" / "wandb").mkdir(parents=True)
     (tmp_path / "site" / "wandb" / "__init__.py").write_text("raise ImportError('stand-in: not for import')\n")
-    argv = ours(words, {**values, "MEGATRON_PATH": str(megatron)})
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, *argv, "--dry-run", "--gpus", str(nproc)], capture_output=True,
-                          text=True, timeout=1800, env=env)
-    assert proc.returncode == 0, f"{heading}: {proc.stderr[-3000:]}"
-    assert "GPUs" in proc.stdout
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    _, module, *argv = ours(words, {**values, "MEGATRON_PATH": str(megatron)})
+    mode = module.rsplit(".", 1)[1]
+    assert module == f"nemotron3_super.{mode}" and mode in ("pretrain", "finetune"), module
+    code = main(mode, [*argv, "--dry-run", "--gpus", str(nproc)])
+    out, err = capsys.readouterr()
+    assert code == 0, f"{heading}: {err[-3000:]}"
+    assert "GPUs" in out
 
 
 CONVERSION = [c for c in COMMANDS if c[2][0] in ("examples/conversion/convert_checkpoints.py",
                                                   "examples/conversion/hf_megatron_roundtrip_multi_gpu.py")]
 
 
+_CONVERSION_WORKER = """
+import json, sys
+from nemotron3_super.cli import main
+for heading, argv in json.loads(sys.argv[1]):  # the first command makes torchrun's group; the others reuse it
+    code = main(argv)
+    if code:
+        sys.exit(f"{heading}: exit {code}")
+"""
+
+
 @pytest.mark.slow
 def test_conversion_commands_run_as_written(tmp_path: Path) -> None:
     """Import, export and roundtrip exactly as the page writes them (torchrun, 8 ranks, TP 1 / EP 8), on a tiny
     Super-shaped checkpoint with 8 experts, on CPU (gloo): the export is bit-identical to the input and the
-    roundtrip reports IDENTICAL. (Compare needs a GPU; its flags are checked above.)"""
+    roundtrip reports IDENTICAL. (Compare needs a GPU; its flags are checked above.) The three commands run in
+    one launch of 8 ranks, each through the CLI's ``main`` with the page's arguments, so the host is imported
+    once per rank instead of three times (24 imports of it on 2 cores took most of this test's time)."""
     import socket
 
     from nemotron3_super.architecture import tiny_super
@@ -134,19 +153,25 @@ def test_conversion_commands_run_as_written(tmp_path: Path) -> None:
     from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
 
     assert [h for h, _, _ in CONVERSION] == ["Import HF → Megatron", "Export Megatron → HF", "Roundtrip Testing"]
+    assert {nproc for _, nproc, _ in CONVERSION} == {8}  # one launch serves all three
     assert tiny_super().n_routed_experts == 8  # EP 8 as on the page
     hf = write_tiny_checkpoint(tiny_super(), tmp_path / "hf")
     values = {"HF_MODEL": str(hf), "MEGATRON_PATH": str(tmp_path / "megatron"), "OUTPUT_PATH": str(tmp_path / "out")}
+    commands = []
+    for heading, _, words in CONVERSION:
+        _, module, *argv = ours(words, values)  # "-m", "nemotron3_super.cli", the page's arguments
+        assert module == "nemotron3_super.cli"
+        commands.append((heading, argv))
+    worker = tmp_path / "worker.py"
+    worker.write_text(_CONVERSION_WORKER)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    for heading, nproc, words in CONVERSION:
-        with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port",
-               str(port), *ours(words, values)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
-        assert proc.returncode == 0, f"{heading}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
-        if heading == "Roundtrip Testing":
-            assert "IDENTICAL" in proc.stdout, proc.stdout[-2000:]
+    with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=8", "--master-port", str(port),
+           str(worker), json.dumps(commands)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    assert proc.stdout.count("result: IDENTICAL") == 1, proc.stdout[-2000:]  # the roundtrip, from rank 0
     report = audit(hf, tmp_path / "out")
     assert report.ok and report.tensors == tiny_super().hf_tensor_count(), report.render()
