@@ -9,10 +9,12 @@ Marker convention (an HTML comment on the line right before the fence; invisible
   Placeholders are filled in:
   ``HF_DIR`` (a tiny Super-shaped HF checkpoint), ``MEG_DIR``, ``OUT_DIR``, ``path/to/config.json``.
 * ``<!-- docs-test: dry-run -->``: every ``torchrun ... -m nemotron3_super.<pretrain|finetune> ARGS``
-  command of the block is checked with ``python -m nemotron3_super.<...> --dry-run --gpus N ARGS``,
-  N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on. The same
-  placeholders are filled in; ``MEG_DIR`` is converted from ``HF_DIR`` first if no earlier block did (a dry run
-  checks that a pretrained checkpoint exists).
+  command of the block is checked as ``python -m nemotron3_super.<...> --dry-run --gpus N ARGS`` would check it,
+  N = nnodes x nproc-per-node: the layout, overrides and memory checks a launch would fail on. It runs through
+  the launch module's ``main`` in the test process (the ``cpu`` blocks already start such dry runs as
+  processes; a process per launch line would import the host again each time). The same placeholders are
+  filled in; ``MEG_DIR`` is converted from ``HF_DIR`` first if no earlier block did (a dry run checks that a
+  pretrained checkpoint exists).
 * ``<!-- docs-test: by tests/PATH.py -->``: the block is run by that test file, which reads it from the doc
   (by this marker) and checks what it prints; the docs test only checks that the file exists and does so. For a
   block whose output a test examines anyway, so it is not run twice.
@@ -107,6 +109,23 @@ def _run(cmd: list[str], block: Block, cwd: Path) -> None:
                                   f"\n--- stderr\n{proc.stderr[-4000:]}")
 
 
+def _dry_run(cmd: list[str], block: Block, cwd: Path, capsys: pytest.CaptureFixture,
+             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cmd`` (``python -m nemotron3_super.<mode> ARGS``) through the launch module's ``main``, in ``cwd``."""
+    from nemotron3_super.launch import main
+
+    assert cmd[1] == "-m" and cmd[2] in LAUNCH_MODULES, cmd
+    monkeypatch.chdir(cwd)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    capsys.readouterr()
+    code = main(cmd[2].rsplit(".", 1)[1], cmd[3:])
+    out, err = capsys.readouterr()
+    assert code == 0, (f"{block.doc}:{block.line} ({block.kind} block) failed with exit {code}:\n{block.text}\n"
+                       f"--- command\n{' '.join(cmd[1:])}\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}")
+    assert "GPUs" in out, out[-4000:]
+
+
 def _fill(text: str, fill: dict[str, str]) -> str:
     for placeholder, value in fill.items():
         text = text.replace(placeholder, value)
@@ -130,7 +149,8 @@ def test_markers_are_well_formed() -> None:
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path) -> None:
+def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     fill = {"path/to/config.json": str(tiny_hf / "config.json"), "HF_DIR": str(tiny_hf),
             "MEG_DIR": str(tmp_path / "megatron"), "OUT_DIR": str(tmp_path / "hf-out")}
     for n, block in enumerate(marked_blocks(doc)):
@@ -140,9 +160,10 @@ def test_marked_blocks_run(doc: str, tiny_hf: Path, tmp_path: Path) -> None:
             for cmd in dry_run_commands(block):
                 if any("MEG_DIR" in word for word in cmd) and not Path(fill["MEG_DIR"]).is_dir():
                     # a dry run checks that the checkpoint exists: convert it first, as the README says
-                    _run([str(Path(sys.executable).parent / "nemotron3-super"), "convert", "import", "--hf-model",
-                          fill["HF_DIR"], "--megatron-path", fill["MEG_DIR"], "--quiet"], block, tmp_path)
-                _run([_fill(word, fill) for word in cmd], block, tmp_path)
+                    from nemotron3_super.conversion.commands import import_checkpoint
+
+                    import_checkpoint(fill["HF_DIR"], fill["MEG_DIR"], quiet=True)
+                _dry_run([_fill(word, fill) for word in cmd], block, tmp_path, capsys, monkeypatch)
             continue
         text = _fill(block.text, fill)
         script = tmp_path / f"block{n}.{'sh' if block.lang == 'bash' else 'py'}"
