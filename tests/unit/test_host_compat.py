@@ -117,6 +117,7 @@ def test_importing_the_package_applies_the_fixes_and_imports_no_host() -> None:
     assert out.split("\n")[0] == (
         "[] ['megatron.bridge.models.model_provider', 'megatron.bridge.peft.module_matcher', "
         "'megatron.bridge.peft.utils', 'megatron.bridge.training.checkpointing', "
-        "'megatron.bridge.training.initialize', 'megatron.core.dist_checkpointing.strategies.torch', "
+        "'megatron.bridge.training.initialize', 'megatron.bridge.training.model_load_save', "
+        "'megatron.core.dist_checkpointing.strategies.torch', "
         "'megatron.core.optimizer.distrib_optimizer', 'megatron.core.tensor_parallel.random'] "
-        "['megatron.bridge.peft.lora_layers'] 1")  # cuda_on_cpu hooks four host modules
+        "['megatron.bridge.peft.lora_layers'] 1")  # cuda_on_cpu hooks five host modules
