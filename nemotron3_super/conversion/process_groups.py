@@ -81,10 +81,10 @@ def parallel_group(tp: int = 1, ep: int = 1, device: str = "cpu", pp: int = 1) -
             made_group = False
     elif device == "cuda" and not torch.cuda.is_available():
         _backend(device)  # raises the clear message
-    elif _KEPT_BACKEND is not None and _KEPT_BACKEND != _backend(device):
-        raise RuntimeError(f"device={device!r} needs process-group backend {_backend(device)!r}, but an earlier "
-                           f"conversion in this torchrun process made it with {_KEPT_BACKEND!r}; run each device "
-                           "in its own launch")
+    elif _KEPT_BACKEND is not None and (wanted := _backend(device)) != _KEPT_BACKEND:
+        raise RuntimeError(f"device={device!r} needs process-group backend {wanted!r}, but an earlier conversion "
+                           f"in this torchrun process made it with {_KEPT_BACKEND!r}; run each device in its own "
+                           "launch")
     made_parallel = not parallel_state.model_parallel_is_initialized()
     if made_parallel:
         if dist.get_world_size() % (tp * ep * pp):

@@ -142,15 +142,11 @@ def test_host_reads_the_checkpoint_as_its_own(converted, tmp_path: Path) -> None
     from nemotron3_super.conversion.megatron_io import build_model, load_checkpoint
     from nemotron3_super.conversion.process_groups import single_process_group
 
-    import os
-    import socket
+    from launching import free_port, launch_env
 
     path = Path(converted["tiny_super"]["megatron"])
-    with socket.socket() as s:  # the host's loader makes its group through env://: a fresh rendezvous port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = launch_env()  # the host's loader makes its group through env://: a fresh rendezvous port
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     proc = subprocess.run([sys.executable, "-c", _HOST_LOAD, str(path), str(tmp_path / "host.pt")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

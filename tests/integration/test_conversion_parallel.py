@@ -4,12 +4,11 @@ layout (torch_dist reshards), every tensor bit-exact against the original. PP=2 
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import launching
 import pytest
 import yaml
 
@@ -19,14 +18,7 @@ pytestmark = pytest.mark.slow  # needs mamba-ssm (installed by .ci/env.sh): mega
 def torchrun(*cli_args: str) -> subprocess.CompletedProcess:
     """``nemotron3-super`` on 2 ranks; returns the finished process, fails the test with its output on a
     non-zero exit."""
-    with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "nemotron3_super.cli", *cli_args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return launching.torchrun(2, "-m", "nemotron3_super.cli", *cli_args, timeout=600)
 
 
 @pytest.fixture(scope="module")

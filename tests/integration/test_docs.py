@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from launching import dry_run
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/RECIPES.md", "BENCHMARKS.md")
@@ -112,15 +113,9 @@ def _run(cmd: list[str], block: Block, cwd: Path) -> None:
 def _dry_run(cmd: list[str], block: Block, cwd: Path, capsys: pytest.CaptureFixture,
              monkeypatch: pytest.MonkeyPatch) -> None:
     """``cmd`` (``python -m nemotron3_super.<mode> ARGS``) through the launch module's ``main``, in ``cwd``."""
-    from nemotron3_super.launch import main
-
     assert cmd[1] == "-m" and cmd[2] in LAUNCH_MODULES, cmd
     monkeypatch.chdir(cwd)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    capsys.readouterr()
-    code = main(cmd[2].rsplit(".", 1)[1], cmd[3:])
-    out, err = capsys.readouterr()
+    code, out, err = dry_run(cmd[2].rsplit(".", 1)[1], cmd[3:], capsys, monkeypatch)
     assert code == 0, (f"{block.doc}:{block.line} ({block.kind} block) failed with exit {code}:\n{block.text}\n"
                        f"--- command\n{' '.join(cmd[1:])}\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}")
     assert "GPUs" in out, out[-4000:]

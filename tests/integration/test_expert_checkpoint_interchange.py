@@ -10,12 +10,12 @@ than once per conversion (that import is most of a tiny conversion's time on CPU
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import torchrun
 
 pytestmark = pytest.mark.slow  # torchrun runs of megatron-core model builds (needs mamba-ssm)
 
@@ -36,15 +36,11 @@ def _launch(tmp: Path, ranks: int, *steps: tuple[str | Path, ...]) -> None:
     processes; fails the test with the output on a non-zero exit."""
     worker = tmp / "worker.py"
     worker.write_text(_WORKER)
-    cmd = [sys.executable, str(worker)]
-    if ranks > 1:
-        with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
-               str(port), str(worker)]
     args = [f"{verb}:{experts}:{ranks}:{','.join(map(str, paths))}" for verb, experts, *paths in steps]
-    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=900)
+    if ranks > 1:
+        torchrun(ranks, str(worker), *args, timeout=900)
+        return
+    result = subprocess.run([sys.executable, str(worker), *args], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -8,6 +8,7 @@ import json
 import socket
 from pathlib import Path
 
+import launching
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -16,12 +17,7 @@ pytestmark = pytest.mark.slow
 def _dry_run(mode: str, *args: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> str:
     """``python -m nemotron3_super.<mode> ARGS --dry-run``, in this process (the docs test runs the same dry
     runs as separate processes, as README and docs/RECIPES.md write them)."""
-    from nemotron3_super.launch import main
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    capsys.readouterr()
-    code = main(mode, [*args, "--dry-run"])
-    out, err = capsys.readouterr()
+    code, out, err = launching.dry_run(mode, [*args, "--dry-run"], capsys, monkeypatch)
     assert code == 0, err[-3000:]
     return out
 

@@ -10,14 +10,12 @@ written (8 torchrun ranks on gloo); compare needs a GPU; every command's flags m
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launching import dry_run, torchrun
 
 PAGE = Path(__file__).resolve().parents[1] / "data" / "upstream-nemotron3-super.md"
 # upstream script -> our module (the only thing swapped)
@@ -107,20 +105,15 @@ def test_training_commands_dry_run(heading: str, nproc: int, words: list[str], v
     in it (the host's, so the recipe's model stays), and the page's wandb logging finds a ``wandb`` package (a
     stand-in on the path: a dry run only looks it up). In this process, through the launch module's ``main``
     (the docs test runs dry runs as separate processes; here that would import the host four more times)."""
-    from nemotron3_super.launch import main
-
     megatron = tmp_path / "megatron"
     (megatron / "iter_0000000").mkdir(parents=True)
     (tmp_path / "site" / "wandb").mkdir(parents=True)
     (tmp_path / "site" / "wandb" / "__init__.py").write_text("raise ImportError('stand-in: not for import')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
     _, module, *argv = ours(words, {**values, "MEGATRON_PATH": str(megatron)})
     mode = module.rsplit(".", 1)[1]
     assert module == f"nemotron3_super.{mode}" and mode in ("pretrain", "finetune"), module
-    code = main(mode, [*argv, "--dry-run", "--gpus", str(nproc)])
-    out, err = capsys.readouterr()
+    code, out, err = dry_run(mode, [*argv, "--dry-run", "--gpus", str(nproc)], capsys, monkeypatch)
     assert code == 0, f"{heading}: {err[-3000:]}"
     assert "GPUs" in out
 
@@ -146,8 +139,6 @@ def test_conversion_commands_run_as_written(tmp_path: Path) -> None:
     roundtrip reports IDENTICAL. (Compare needs a GPU; its flags are checked above.) The three commands run in
     one launch of 8 ranks, each through the CLI's ``main`` with the page's arguments, so the host is imported
     once per rank instead of three times (24 imports of it on 2 cores took most of this test's time)."""
-    import socket
-
     from nemotron3_super.architecture import tiny_super
     from nemotron3_super.conversion.audit import audit
     from nemotron3_super.conversion.fixtures import write_tiny_checkpoint
@@ -164,14 +155,7 @@ def test_conversion_commands_run_as_written(tmp_path: Path) -> None:
         commands.append((heading, argv))
     worker = tmp_path / "worker.py"
     worker.write_text(_CONVERSION_WORKER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    with socket.socket() as s:  # a free port (torchrun's --master-port 0 hangs the gloo rendezvous)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=8", "--master-port", str(port),
-           str(worker), json.dumps(commands)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    proc = torchrun(8, str(worker), json.dumps(commands), timeout=1500)
     assert proc.stdout.count("result: IDENTICAL") == 1, proc.stdout[-2000:]  # the roundtrip, from rank 0
     report = audit(hf, tmp_path / "out")
     assert report.ok and report.tensors == tiny_super().hf_tensor_count(), report.render()
